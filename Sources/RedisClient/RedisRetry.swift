@@ -1,0 +1,53 @@
+import Logging
+
+/// Runs `body`, retrying while it throws a connection error, with capped exponential backoff.
+///
+/// The delay starts at `initialDelay` and doubles up to `maxDelay`; every call starts afresh.
+/// To keep an outage from flooding the log, a warning is written once per backoff step (with
+/// the error and the next delay), then, once the delay is capped, only when the error changes
+/// or every 12th failure; every failure is logged at debug level. A success after failures
+/// logs one info line. Server errors, other errors and `CancellationError` are rethrown at once.
+public func withRedisRetry<T: Sendable>(
+    logger: Logger,
+    what: String,
+    clock: any Clock<Duration> = ContinuousClock(),
+    initialDelay: Duration = .milliseconds(100),
+    maxDelay: Duration = .seconds(5),
+    _ body: () async throws -> T
+) async throws -> T {
+    var delay = max(initialDelay, .zero)
+    var failures = 0
+    var lastLoggedDelay: Duration?
+    var lastLoggedError = ""
+    var failuresSinceLog = 0
+    while true {
+        try Task.checkCancellation()
+        do {
+            let value = try await body()
+            if failures > 0 {
+                logger.info("\(what): redis is reachable again after \(failures) failed attempt(s)")
+            }
+            return value
+        } catch let error as RedisError where error.isConnectionError {
+            failures += 1
+            failuresSinceLog += 1
+            let text = error.description
+            let newStep = lastLoggedDelay.map { delay > $0 } ?? true
+            if newStep || text != lastLoggedError || failuresSinceLog >= 12 {
+                logger.warning("\(what) failed (attempt \(failures)): \(text); retrying in \(delay)")
+                lastLoggedDelay = delay
+                lastLoggedError = text
+                failuresSinceLog = 0
+            } else {
+                logger.debug("\(what) failed (attempt \(failures)): \(text); retrying in \(delay)")
+            }
+            try await sleep(on: clock, for: delay)
+            delay = min(delay * 2, max(maxDelay, initialDelay))
+        }
+    }
+}
+
+/// Opens the existential clock so its own `Instant` type can be used.
+private func sleep<C: Clock<Duration>>(on clock: C, for delay: Duration) async throws {
+    try await clock.sleep(until: clock.now.advanced(by: delay), tolerance: nil)
+}

@@ -1,0 +1,226 @@
+import Foundation
+import Synchronization
+
+/// The limits one build runs under, all host-enforced.
+public struct BuildLimits: Sendable {
+    public var hardLimit: Duration
+    public var logSilence: Duration
+    public var logLength: Int
+    /// Seconds a named stage may take (`install`, `script`, ...); nil = only the hard limit.
+    public var stageTimeout: @Sendable (String) -> Int?
+
+    public init(hardLimit: Duration, logSilence: Duration, logLength: Int, stageTimeout: @escaping @Sendable (String) -> Int?) {
+        self.hardLimit = hardLimit
+        self.logSilence = logSilence
+        self.logLength = logLength
+        self.stageTimeout = stageTimeout
+    }
+}
+
+/// A finished job's result.
+public enum BuildResult: String, Sendable {
+    case passed, failed, errored
+}
+
+/// How a build ended.
+public enum BuildOutcome: Sendable, Equatable {
+    /// The build ran to a result. `message` is the last line explaining an errored build.
+    case finished(BuildResult, exitCode: Int32, message: String?)
+    /// The machine failed (not the build): the job should be retried elsewhere.
+    case infrastructure(String)
+    /// The worker was told to stop now; the job should go back to the queue unchanged.
+    case interrupted
+}
+
+/// Runs one build on a machine and enforces its limits: hard limit, log silence, each
+/// stage's timeout and the log length.
+///
+/// Stage boundaries come from the `travis_fold` markers the build script prints; the script
+/// prints `The script stage exited with N.` once `script` is done, which is how a non-zero
+/// exit is told apart: after that line it is `failed`, before it `errored`.
+public enum BuildRun {
+    public static func execute(
+        machine: any Machine, script: String, jobID: String, limits: BuildLimits,
+        log: @escaping @Sendable ([UInt8]) async -> Void
+    ) async -> BuildOutcome {
+        let monitor = OutputMonitor(limits: limits)
+        let outcome = await withTaskGroup(of: RunnerEvent.self) { group -> BuildOutcome in
+            group.addTask {
+                do {
+                    let exit = try await machine.run(script: script, jobID: jobID) { chunk in
+                        if let accepted = monitor.accept(chunk) { await log(accepted) }
+                    }
+                    return .exited(exit)
+                } catch let error as InfrastructureError {
+                    return .infrastructure(error.message)
+                } catch {
+                    return .infrastructure("\(error)")
+                }
+            }
+            group.addTask {
+                while !Task.isCancelled {
+                    if let violation = monitor.violation(now: .now) { return .violated(violation) }
+                    try? await Task.sleep(for: .milliseconds(100))
+                }
+                return .watchdogStopped
+            }
+            var violation: String?
+            while let event = await group.next() {
+                switch event {
+                case .violated(let message):
+                    violation = message
+                    group.cancelAll()
+                case .watchdogStopped:
+                    continue
+                case .exited(let exit):
+                    group.cancelAll()
+                    return classify(exit: exit, violation: violation, monitor: monitor)
+                case .infrastructure(let message):
+                    group.cancelAll()
+                    if let violation { return .finished(.errored, exitCode: -1, message: violation) }
+                    return .infrastructure(message)
+                }
+            }
+            return .interrupted
+        }
+        if Task.isCancelled { return .interrupted }
+        return outcome
+    }
+
+    private enum RunnerEvent: Sendable {
+        case exited(BuildExit)
+        case infrastructure(String)
+        case violated(String)
+        case watchdogStopped
+    }
+
+    static func classify(exit: BuildExit, violation: String?, monitor: OutputMonitor) -> BuildOutcome {
+        let code: Int32
+        switch exit {
+        case .exited(let status): code = status
+        case .signaled(let signal): code = 128 + signal
+        }
+        let scriptResult = monitor.scriptResult
+        if let violation {
+            // A limit hit in after_* does not change the result the script stage already gave.
+            if let scriptResult, monitor.inAfterStage {
+                return .finished(scriptResult == 0 ? .passed : .failed, exitCode: scriptResult, message: violation)
+            }
+            return .finished(.errored, exitCode: code, message: violation)
+        }
+        if Task.isCancelled { return .interrupted }
+        switch exit {
+        case .exited(0): return .finished(.passed, exitCode: 0, message: nil)
+        // Reaching `script` makes a non-zero exit the build's own failure, even when a command
+        // ended the shell early (`exit 3`) before the script stage could print its result.
+        case .exited(let status) where scriptResult != nil || monitor.reachedScript: return .finished(.failed, exitCode: status, message: nil)
+        case .exited(let status): return .finished(.errored, exitCode: status, message: nil)
+        case .signaled(let signal):
+            return .finished(.errored, exitCode: code, message: "The build was killed by signal \(signal).")
+        }
+    }
+}
+
+/// Watches a build's output as it streams: stage markers, silence, log length.
+final class OutputMonitor: Sendable {
+    private let limits: BuildLimits
+    private let startedAt = ContinuousClock.now
+    private let state: Mutex<State>
+
+    private struct State {
+        var lastOutputAt: ContinuousClock.Instant
+        var stage: (name: String, startedAt: ContinuousClock.Instant)?
+        var lastStage: String?
+        var scriptResult: Int32?
+        var reachedScript = false
+        var bytesLogged = 0
+        var cut = false
+        var line: [UInt8] = []
+        var lineOverflowed = false
+    }
+
+    /// Longest line inspected for markers; longer lines cannot be markers.
+    static let markerLineLimit = 256
+
+    init(limits: BuildLimits) {
+        self.limits = limits
+        self.state = Mutex(State(lastOutputAt: .now))
+    }
+
+    var scriptResult: Int32? { state.withLock { $0.scriptResult } }
+    var reachedScript: Bool { state.withLock { $0.reachedScript } }
+    var inAfterStage: Bool { state.withLock { ($0.stage?.name ?? $0.lastStage ?? "").hasPrefix("after_") } }
+
+    /// Notes `chunk` and returns the part of it that fits in the log (nil once the log is cut).
+    func accept(_ chunk: [UInt8]) -> [UInt8]? {
+        let now = ContinuousClock.now
+        return state.withLock { state -> [UInt8]? in
+            state.lastOutputAt = now
+            scanMarkers(chunk, state: &state, now: now)
+            guard !state.cut else { return nil }
+            let room = limits.logLength - state.bytesLogged
+            if chunk.count <= room {
+                state.bytesLogged += chunk.count
+                return chunk
+            }
+            state.cut = true
+            state.bytesLogged = limits.logLength
+            return Array(chunk.prefix(max(0, room)))
+        }
+    }
+
+    /// The limit the build has broken, as the log's closing explanation.
+    func violation(now: ContinuousClock.Instant) -> String? {
+        state.withLock { state in
+            if state.cut {
+                return "The log length has exceeded the limit of \(limits.logLength) bytes (this usually means the build produced excessive output). The build has been terminated."
+            }
+            if now - startedAt >= limits.hardLimit {
+                return "The job exceeded the maximum time limit for jobs (\(limits.hardLimit.components.seconds) s), and has been terminated."
+            }
+            if now - state.lastOutputAt >= limits.logSilence {
+                return "No output has been received in the last \(limits.logSilence.components.seconds) seconds, this potentially indicates a stalled build or something wrong with the build itself. The build has been terminated."
+            }
+            if let stage = state.stage, let seconds = limits.stageTimeout(stage.name), now - stage.startedAt >= .seconds(seconds) {
+                return "The \(stage.name) stage exceeded its time limit of \(seconds) s, and the build has been terminated."
+            }
+            return nil
+        }
+    }
+
+    private func scanMarkers(_ chunk: [UInt8], state: inout State, now: ContinuousClock.Instant) {
+        var start = chunk.startIndex
+        while start < chunk.endIndex {
+            let newline = chunk[start...].firstIndex(of: 0x0A)
+            let end = newline ?? chunk.endIndex
+            if !state.lineOverflowed {
+                if state.line.count + (end - start) <= Self.markerLineLimit {
+                    state.line.append(contentsOf: chunk[start..<end])
+                } else {
+                    state.lineOverflowed = true
+                    state.line.removeAll(keepingCapacity: true)
+                }
+            }
+            guard newline != nil else { return }
+            if !state.lineOverflowed { handleLine(String(decoding: state.line, as: UTF8.self), state: &state, now: now) }
+            state.line.removeAll(keepingCapacity: true)
+            state.lineOverflowed = false
+            start = end + 1
+        }
+    }
+
+    private func handleLine(_ raw: String, state: inout State, now: ContinuousClock.Instant) {
+        let line = raw.hasSuffix("\r") ? String(raw.dropLast()) : raw
+        if line.hasPrefix(BuildMarkers.foldStart) {
+            let name = String(line.dropFirst(BuildMarkers.foldStart.count))
+            state.stage = (name, now)
+            if name == "script" { state.reachedScript = true }
+        } else if line.hasPrefix(BuildMarkers.foldEnd) {
+            state.lastStage = state.stage?.name
+            state.stage = nil
+        } else if line.hasPrefix(BuildMarkers.scriptResultPrefix), line.hasSuffix(".") {
+            let digits = line.dropFirst(BuildMarkers.scriptResultPrefix.count).dropLast()
+            if let code = Int32(digits) { state.scriptResult = code }
+        }
+    }
+}

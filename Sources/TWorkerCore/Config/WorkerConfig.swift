@@ -1,0 +1,158 @@
+import Foundation
+
+/// Which machine provider runs the build jobs.
+public enum ProviderKind: String, Sendable, CaseIterable {
+    case local
+    case virtualbox
+}
+
+/// The effective worker configuration, after files, environment and defaults are combined.
+public struct WorkerConfig: Sendable, Equatable {
+    /// Environment name (selects `worker.<env>.yml`).
+    public var env: String
+    /// Resque queue the worker pulls jobs from.
+    public var queue: String
+    /// Machine provider.
+    public var provider: ProviderKind
+    /// This machine's name, used in Redis keys.
+    public var host: String
+    public var redis: Redis
+    public var vms: VMs
+    public var timeouts: Timeouts
+    public var limits: Limits
+    public var heartbeat: Heartbeat
+    public var reporting: Reporting
+    /// Directory for worker state; always absolute.
+    public var stateDir: String
+    public var local: Local
+    public var ssh: SSH
+    public var virtualbox: VirtualBox
+    /// The selected VM (from `VM` or `--vm`); not a file key.
+    public var vm: String?
+    /// Verbose logging (from `VERBOSE` or a flag); not a file key.
+    public var verbose: Bool
+
+    /// Redis connection settings.
+    public struct Redis: Sendable, Equatable {
+        /// `embedded`, `redis://...` or `unix://...`.
+        public var url: String
+        public var namespace: String
+    }
+
+    /// Settings of the worker's VM pool.
+    public struct VMs: Sendable, Equatable {
+        public var count: Int
+        public var namePrefix: String
+        /// MiB.
+        public var memory: Int
+        public var cpus: Int
+        public var maxConsecutiveFailures: Int
+    }
+
+    /// Timeouts, all in seconds.
+    public struct Timeouts: Sendable, Equatable {
+        public var hardLimit: Int
+        public var logSilence: Int
+        public var beforeInstall: Int
+        public var install: Int
+        public var beforeScript: Int
+        public var script: Int
+        public var afterScript: Int
+        public var vmBoot: Int
+        public var vboxmanage: Int
+
+        /// The timeout of a build stage by its `.travis.yml` name, or nil for a stage without one.
+        public func stageTimeout(_ stage: String) -> Int? {
+            switch stage {
+            case "before_install": beforeInstall
+            case "install": install
+            case "before_script": beforeScript
+            case "script": script
+            case "after_script", "after_success", "after_failure": afterScript
+            default: nil
+            }
+        }
+    }
+
+    /// Size limits of a job.
+    public struct Limits: Sendable, Equatable {
+        /// Bytes of build log kept before the job is stopped.
+        public var logLength: Int
+        public var maxAttempts: Int
+    }
+
+    /// Worker heartbeat settings.
+    public struct Heartbeat: Sendable, Equatable {
+        /// Seconds between heartbeats.
+        public var interval: Int
+    }
+
+    /// Job-report settings.
+    public struct Reporting: Sendable, Equatable {
+        /// Seconds a report is kept.
+        public var retention: Int
+    }
+
+    /// Settings of the `local` provider.
+    public struct Local: Sendable, Equatable {
+        /// Absolute directory where local builds run.
+        public var workspace: String
+    }
+
+    /// How the worker reaches a VM over SSH.
+    public struct SSH: Sendable, Equatable {
+        public var user: String
+        /// Private key path, if any.
+        public var key: String?
+        public var host: String
+        /// VM number n is reached on port `portBase + n`.
+        public var portBase: Int
+    }
+
+    /// Settings of the `virtualbox` provider.
+    public struct VirtualBox: Sendable, Equatable {
+        /// The VBoxManage executable.
+        public var vboxmanage: String
+        /// `headless`, `gui`, `sdl` or `separate`.
+        public var startType: String
+    }
+
+    /// The built-in defaults for `env`, relative paths resolved against the current directory.
+    public static func defaults(env: String) -> WorkerConfig {
+        defaults(env: env, currentDirectory: FileManager.default.currentDirectoryPath, hostname: currentHostname())
+    }
+
+    static func defaults(env: String, currentDirectory: String, hostname: String) -> WorkerConfig {
+        let context = ConfigKey.Context(currentDirectory: currentDirectory, hostname: hostname)
+        return ConfigLoader.resolve(env: env, tree: nil, overrides: ["env": (.string(env), .default)],
+                                    context: context).0
+    }
+
+    /// Placeholder values, every one overwritten by the key table.
+    static func blank(env: String) -> WorkerConfig {
+        WorkerConfig(
+            env: env, queue: "", provider: .local, host: "",
+            redis: Redis(url: "", namespace: ""),
+            vms: VMs(count: 0, namePrefix: "", memory: 0, cpus: 0, maxConsecutiveFailures: 0),
+            timeouts: Timeouts(hardLimit: 0, logSilence: 0, beforeInstall: 0, install: 0, beforeScript: 0,
+                               script: 0, afterScript: 0, vmBoot: 0, vboxmanage: 0),
+            limits: Limits(logLength: 0, maxAttempts: 0),
+            heartbeat: Heartbeat(interval: 0),
+            reporting: Reporting(retention: 0),
+            stateDir: "",
+            local: Local(workspace: ""),
+            ssh: SSH(user: "", key: nil, host: "", portBase: 0),
+            virtualbox: VirtualBox(vboxmanage: "", startType: ""),
+            vm: nil,
+            verbose: false
+        )
+    }
+}
+
+/// The machine's hostname as gethostname(2) reports it.
+func currentHostname() -> String {
+    var buffer = [CChar](repeating: 0, count: 256)
+    guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
+    let name = buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+    return name.isEmpty ? "localhost" : name
+}

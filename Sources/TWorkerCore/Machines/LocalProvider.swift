@@ -1,0 +1,67 @@
+import Foundation
+
+/// `provider: local`: each worker gets a workspace directory under `local.workspace`, wiped
+/// before every job; builds run on the host as their own process group.
+public struct LocalProvider: MachineProvider {
+    public var workspaceRoot: String
+    public var bash: String
+
+    public init(workspaceRoot: String, bash: String = "/bin/bash") {
+        self.workspaceRoot = workspaceRoot
+        self.bash = bash
+    }
+
+    public func machine(named name: String) throws -> any Machine {
+        LocalMachine(name: name, workspace: (workspaceRoot as NSString).appendingPathComponent(name), bash: bash)
+    }
+}
+
+/// One local workspace.
+public struct LocalMachine: Machine {
+    public let name: String
+    public let workspace: String
+    let bash: String
+
+    public func prepare() async throws {
+        let files = FileManager.default
+        do {
+            if files.fileExists(atPath: workspace) { try files.removeItem(atPath: workspace) }
+            try files.createDirectory(atPath: workspace, withIntermediateDirectories: true)
+        } catch {
+            throw InfrastructureError("cannot reset workspace \(workspace): \(error.localizedDescription)")
+        }
+    }
+
+    public func run(script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws -> BuildExit {
+        // The script lives beside the workspace, not in it (the build sees a clean checkout), and
+        // not on stdin (a build command reading stdin would eat the rest of the script).
+        let scriptPath = workspace + ".build.sh"
+        do {
+            try Data(script.utf8).write(to: URL(fileURLWithPath: scriptPath))
+        } catch {
+            throw InfrastructureError("cannot write build script \(scriptPath): \(error.localizedDescription)")
+        }
+        let command = BuildCommand(executable: bash, arguments: [scriptPath],
+                                   environment: Self.buildEnvironment(home: workspace, jobID: jobID, vm: name),
+                                   workingDirectory: workspace)
+        return try await ChildProcess.run(command, output: output)
+    }
+
+    public func release() async {}
+
+    /// A small, predictable environment: tworker's own variables (REDIS_URL, ...) never leak into builds.
+    static func buildEnvironment(home: String, jobID: String, vm: String) -> [String: String] {
+        let host = ProcessInfo.processInfo.environment
+        return [
+            "PATH": host["PATH"] ?? "/usr/local/bin:/usr/bin:/bin",
+            "HOME": home,
+            "LANG": "C.UTF-8",
+            "TERM": "dumb",
+            "CI": "true",
+            "TRAVIS": "true",
+            "TWORKER": "true",
+            "TWORKER_JOB_ID": jobID,
+            "TWORKER_VM": vm,
+        ]
+    }
+}

@@ -1,0 +1,61 @@
+import Foundation
+import Synchronization
+
+/// Reads a pipe on a dedicated thread, one chunk per `next()` call.
+///
+/// Blocking `read(2)` must not run on Swift's cooperative pool; the pull model (the thread
+/// reads only when asked) gives natural backpressure, so a build printing faster than Redis
+/// takes its log blocks on its pipe instead of growing our memory.
+final class PipeReader: Sendable {
+    private let fd: Int32
+    private let chunkSize: Int
+    private let state = Mutex<State>(State())
+    private let wakeUp = DispatchSemaphore(value: 0)
+
+    private struct State {
+        var waiting: CheckedContinuation<[UInt8]?, Never>?
+        var finished = false
+    }
+
+    init(fd: Int32, chunkSize: Int = 64 * 1024) {
+        self.fd = fd
+        self.chunkSize = chunkSize
+        let thread = Thread { [self] in self.loop() }
+        thread.name = "tworker.pipe-reader"
+        thread.start()
+    }
+
+    /// The next chunk, or nil at end of file.
+    func next() async -> [UInt8]? {
+        await withCheckedContinuation { continuation in
+            let finished = state.withLock { state -> Bool in
+                if state.finished { return true }
+                state.waiting = continuation
+                return false
+            }
+            if finished { continuation.resume(returning: nil) } else { wakeUp.signal() }
+        }
+    }
+
+    private func loop() {
+        var buffer = [UInt8](repeating: 0, count: chunkSize)
+        while true {
+            wakeUp.wait()
+            var count: Int
+            repeat {
+                count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, chunkSize) }
+            } while count < 0 && errno == EINTR
+            let chunk: [UInt8]? = count > 0 ? Array(buffer[0..<count]) : nil
+            let continuation = state.withLock { state in
+                if chunk == nil { state.finished = true }
+                defer { state.waiting = nil }
+                return state.waiting
+            }
+            continuation?.resume(returning: chunk)
+            if chunk == nil {
+                close(fd)
+                return
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+import Foundation
+import Logging
+import RedisClient
+import Synchronization
+
+/// What a worker is doing, as written to its heartbeat record.
+public enum WorkerState: String, Sendable {
+    case idle, busy, paused, stopping
+}
+
+/// Keeps `tworker:worker:<host>:<vm>` fresh: refreshed every `heartbeat.interval` and on every
+/// state change, expiring after three intervals so a dead worker disappears by itself.
+public final class Heartbeat: Sendable {
+    private let redis: RedisConnection
+    private let keys: RedisKeys
+    private let vm: String
+    private let interval: Int
+    private let logger: Logger
+    private let current = Mutex<(state: WorkerState, job: String, since: String)>((.idle, "", Timestamp.now()))
+    private let loop = Mutex<Task<Void, Never>?>(nil)
+
+    public init(redis: RedisConnection, keys: RedisKeys, vm: String, interval: Int, logger: Logger) {
+        self.redis = redis
+        self.keys = keys
+        self.vm = vm
+        self.interval = interval
+        self.logger = logger
+    }
+
+    /// Registers the worker and refreshes its record until `stop()`.
+    public func start() {
+        let task = Task { [self] in
+            while !Task.isCancelled {
+                await beat()
+                try? await Task.sleep(for: .seconds(interval))
+            }
+        }
+        loop.withLock { $0 = task }
+    }
+
+    /// Changes the state and writes it right away.
+    public func update(_ state: WorkerState, job: String = "") async {
+        current.withLock { $0 = (state, job, Timestamp.now()) }
+        await beat()
+    }
+
+    /// Stops refreshing and removes the record and registration.
+    public func stop() async {
+        loop.withLock { $0?.cancel(); $0 = nil }
+        _ = try? await redis.pipeline([["DEL", keys.worker(vm: vm)], ["SREM", RedisKeys.workers, keys.workerMember(vm: vm)]])
+    }
+
+    private func beat() async {
+        let snapshot = current.withLock { $0 }
+        let key = keys.worker(vm: vm)
+        let commands: [[String]] = [
+            ["HSET", key, "state", snapshot.state.rawValue, "pid", String(getpid()), "job", snapshot.job,
+             "since", snapshot.since, "heartbeat_at", Timestamp.now(), "vm", vm, "host", keys.host],
+            ["PEXPIRE", key, String(interval * 3 * 1000)],
+            ["SADD", RedisKeys.workers, keys.workerMember(vm: vm)],
+        ]
+        do {
+            _ = try await redis.pipeline(commands)
+        } catch {
+            // A missed beat is harmless; the next one retries. Logged at debug to keep an outage's log short.
+            logger.debug("heartbeat not written", metadata: ["error": "\(error)"])
+        }
+    }
+}

@@ -1,0 +1,163 @@
+import Foundation
+import Logging
+import RedisClient
+
+/// Streams a job's output into its Redis stream `tworker:job:<id>:log`.
+///
+/// Output is flushed once 4 KiB are buffered or 200 ms after the oldest buffered byte,
+/// whichever comes first. Entries carry explicit stream ids `0-<n>` so that a write retried
+/// after a lost connection is recognised by Redis instead of being duplicated, and a later
+/// attempt of the same job continues the numbering. While Redis is away the buffer keeps
+/// filling up to `maxBuffered`, after which `append` waits: the build then blocks on its pipe
+/// rather than our memory growing.
+public actor LogStreamer {
+    public static let flushThreshold = 4096
+    public static let flushInterval: Duration = .milliseconds(200)
+    static let maxEntrySize = 16 * 1024
+    static let maxBuffered = 1 << 20
+
+    private let redis: RedisConnection
+    private let key: String
+    private let retention: Int
+    private let logger: Logger
+    private var nextNumber: Int
+    private var buffer: [UInt8] = []
+    private var oldestBufferedAt: ContinuousClock.Instant?
+    private var inFlight: Task<Void, Never>?
+    private var timer: Task<Void, Never>?
+    private var finished = false
+
+    /// Starts a streamer that continues after the last entry already in the stream.
+    public static func resuming(redis: RedisConnection, key: String, retention: Int, logger: Logger) async throws -> LogStreamer {
+        let last = try await withRedisRetry(logger: logger, what: "read the end of \(key)") {
+            try await redis.send(["XREVRANGE", key, "+", "-", "COUNT", "1"])
+        }
+        var number = 0
+        if let entry = last.array?.first?.array?.first?.string, let sequence = entry.split(separator: "-").last {
+            number = Int(sequence) ?? 0
+        }
+        return LogStreamer(redis: redis, key: key, retention: retention, logger: logger, lastNumber: number)
+    }
+
+    init(redis: RedisConnection, key: String, retention: Int, logger: Logger, lastNumber: Int) {
+        self.redis = redis
+        self.key = key
+        self.retention = retention
+        self.logger = logger
+        self.nextNumber = lastNumber + 1
+    }
+
+    /// Adds output; returns once it is buffered (waiting only when the buffer is full).
+    public func append(_ bytes: [UInt8]) async {
+        guard !bytes.isEmpty, !finished else { return }
+        if buffer.isEmpty { oldestBufferedAt = .now }
+        buffer.append(contentsOf: bytes)
+        if buffer.count >= Self.flushThreshold { startFlushIfIdle() } else { armTimer() }
+        while buffer.count >= Self.maxBuffered, let flight = inFlight { await flight.value }
+    }
+
+    public func append(_ text: String) async { await append(Array(text.utf8)) }
+
+    /// Writes everything still buffered and the closing `final` entry; later appends are ignored.
+    public func finish() async {
+        await drain()
+        finished = true
+        let number = nextNumber
+        nextNumber += 1
+        await write([(number, nil)], final: true)
+        await expire()
+    }
+
+    /// Writes everything buffered without closing the log (used before a requeue).
+    public func drain() async {
+        timer?.cancel()
+        timer = nil
+        while true {
+            if let flight = inFlight { await flight.value; continue }
+            if buffer.isEmpty { return }
+            startFlushIfIdle()
+        }
+    }
+
+    private func armTimer() {
+        guard timer == nil, let oldest = oldestBufferedAt else { return }
+        let deadline = oldest.advanced(by: Self.flushInterval)
+        timer = Task { [weak self] in
+            try? await Task.sleep(until: deadline, clock: .continuous)
+            await self?.timerFired()
+        }
+    }
+
+    private func timerFired() {
+        timer = nil
+        startFlushIfIdle()
+    }
+
+    private func startFlushIfIdle() {
+        guard inFlight == nil, !buffer.isEmpty else { return }
+        timer?.cancel()
+        timer = nil
+        var entries: [(Int, [UInt8]?)] = []
+        var start = 0
+        while start < buffer.count {
+            let end = Self.entryEnd(buffer, from: start)
+            entries.append((nextNumber, Array(buffer[start..<end])))
+            nextNumber += 1
+            start = end
+        }
+        buffer.removeAll(keepingCapacity: buffer.count <= Self.maxEntrySize)
+        oldestBufferedAt = nil
+        inFlight = Task {
+            await self.write(entries, final: false)
+            self.flushCompleted()
+        }
+    }
+
+    private func flushCompleted() {
+        inFlight = nil
+        guard !buffer.isEmpty else { return }
+        if buffer.count >= Self.flushThreshold || (oldestBufferedAt.map { .now - $0 >= Self.flushInterval } ?? true) {
+            startFlushIfIdle()
+        } else {
+            armTimer()
+        }
+    }
+
+    /// Cuts entries at `maxEntrySize`, backing off to a UTF-8 character boundary.
+    static func entryEnd(_ bytes: [UInt8], from start: Int) -> Int {
+        var end = min(bytes.count, start + maxEntrySize)
+        guard end < bytes.count else { return end }
+        var back = 0
+        while back < 3, end - back > start + 1, bytes[end - back] & 0xC0 == 0x80 { back += 1 }
+        if bytes[end - back] & 0xC0 != 0x80 { end -= back }
+        return end
+    }
+
+    private func write(_ entries: [(Int, [UInt8]?)], final: Bool) async {
+        let key = Array(self.key.utf8)
+        let commands: [[[UInt8]]] = entries.map { number, data in
+            var command: [[UInt8]] = [Array("XADD".utf8), key, Array("0-\(number)".utf8), Array("n".utf8), Array(String(number).utf8)]
+            if let data { command += [Array("data".utf8), data] }
+            if final { command += [Array("final".utf8), Array("1".utf8)] }
+            return command
+        }
+        do {
+            let replies = try await withRedisRetry(logger: logger, what: "write the log \(self.key)") { @Sendable [redis] in
+                try await redis.pipeline(bytes: commands)
+            }
+            for case .error(let message) in replies where !message.contains("equal or smaller") {
+                logger.error("log entry rejected by Redis", metadata: ["key": "\(self.key)", "error": "\(message)"])
+            }
+        } catch {
+            // Only cancellation gets here; the entries are lost with the process anyway.
+            logger.error("log write abandoned", metadata: ["key": "\(self.key)", "error": "\(error)"])
+        }
+    }
+
+    private func expire() async {
+        let command = ["EXPIRE", key, String(retention)]
+        _ = try? await withRedisRetry(logger: logger, what: "expire \(key)") { @Sendable [redis] in
+            try await redis.send(command)
+        }
+    }
+}

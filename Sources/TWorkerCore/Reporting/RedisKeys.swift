@@ -1,0 +1,35 @@
+/// Every Redis key tworker reads or writes, in one place.
+///
+/// Resque's keys carry the configured namespace so resque-web and Resque clients see them;
+/// tworker's own keys always start with `tworker:`.
+public struct RedisKeys: Sendable {
+    public var namespace: String
+    public var host: String
+
+    public init(namespace: String, host: String) {
+        self.namespace = namespace
+        self.host = host
+    }
+
+    public func queue(_ name: String) -> String { "\(namespace):queue:\(name)" }
+    public var queues: String { "\(namespace):queues" }
+    public var failed: String { "\(namespace):failed" }
+    public var processedCount: String { "\(namespace):stat:processed" }
+    public var failedCount: String { "\(namespace):stat:failed" }
+
+    public func processing(vm: String) -> String { "tworker:processing:\(host):\(vm)" }
+    public func job(_ id: String) -> String { "tworker:job:\(id)" }
+    public func log(_ id: String) -> String { "tworker:job:\(id):log" }
+    public static let events = "tworker:events"
+    public func worker(vm: String) -> String { "tworker:worker:\(host):\(vm)" }
+    public static let workers = "tworker:workers"
+    public func workerMember(vm: String) -> String { "\(host):\(vm)" }
+}
+
+/// The states a job record goes through.
+public enum JobState: String, Sendable, CaseIterable {
+    case queued, received, started, passed, failed, errored, cancelled, requeued
+
+    /// States after which nothing more happens to the job.
+    public var isFinal: Bool { [.passed, .failed, .errored, .cancelled].contains(self) }
+}

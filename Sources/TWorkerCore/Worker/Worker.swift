@@ -1,0 +1,302 @@
+import Foundation
+import Logging
+import RedisClient
+import Synchronization
+
+/// How a worker was asked to stop.
+public enum StopRequest: Int, Sendable, Comparable {
+    case none = 0
+    /// SIGQUIT: finish the running job, take no new one.
+    case graceful = 1
+    /// SIGTERM/SIGINT: kill the build, put its job back at the head of the queue.
+    case immediate = 2
+
+    public static func < (a: StopRequest, b: StopRequest) -> Bool { a.rawValue < b.rawValue }
+}
+
+/// One worker serving one machine: takes jobs off the queue one at a time, runs each on the
+/// machine and reports every step to Redis.
+public final class Worker: Sendable {
+    public struct Settings: Sendable {
+        public var vm: String
+        public var queue: String
+        public var host: String
+        public var namespace: String
+        public var maxAttempts: Int
+        public var retention: Int
+        public var heartbeatInterval: Int
+        public var limits: BuildLimits
+        /// How long one BLMOVE waits; also bounds how late a stop request is noticed when idle.
+        public var fetchBlock: Duration = .seconds(1)
+        /// Exit once the queue is empty instead of waiting for more.
+        public var burst: Bool = false
+
+        public init(vm: String, queue: String, host: String, namespace: String, maxAttempts: Int, retention: Int,
+                    heartbeatInterval: Int, limits: BuildLimits) {
+            self.vm = vm
+            self.queue = queue
+            self.host = host
+            self.namespace = namespace
+            self.maxAttempts = maxAttempts
+            self.retention = retention
+            self.heartbeatInterval = heartbeatInterval
+            self.limits = limits
+        }
+
+        public init(config: WorkerConfig, vm: String, queue: String? = nil) {
+            let timeouts = config.timeouts
+            self.init(
+                vm: vm, queue: queue ?? config.queue, host: config.host, namespace: config.redis.namespace,
+                maxAttempts: config.limits.maxAttempts, retention: config.reporting.retention,
+                heartbeatInterval: config.heartbeat.interval,
+                limits: BuildLimits(hardLimit: .seconds(timeouts.hardLimit), logSilence: .seconds(timeouts.logSilence),
+                                    logLength: config.limits.logLength, stageTimeout: { timeouts.stageTimeout($0) }))
+        }
+
+        public var worker: String { "\(host):\(vm)" }
+    }
+
+    let settings: Settings
+    let machine: any Machine
+    let redis: RedisConnection
+    let queue: WorkQueue
+    let reporter: JobReporter
+    let heartbeat: Heartbeat
+    let keys: RedisKeys
+    let logger: Logger
+    private let stop = Mutex<StopRequest>(.none)
+    private let currentBuild = Mutex<Task<BuildOutcome, Never>?>(nil)
+
+    public init(settings: Settings, machine: any Machine, redis: RedisConnection, blockingRedis: RedisConnection, logger: Logger) {
+        self.settings = settings
+        self.machine = machine
+        self.redis = redis
+        self.logger = logger
+        keys = RedisKeys(namespace: settings.namespace, host: settings.host)
+        queue = WorkQueue(redis: redis, blockingRedis: blockingRedis, keys: keys, queue: settings.queue, vm: settings.vm, logger: logger)
+        reporter = JobReporter(redis: redis, keys: keys, retention: settings.retention, worker: settings.worker, logger: logger)
+        heartbeat = Heartbeat(redis: redis, keys: keys, vm: settings.vm, interval: settings.heartbeatInterval, logger: logger)
+    }
+
+    /// Asks the worker to stop; a stronger request overrides a weaker one.
+    public func requestStop(_ request: StopRequest) {
+        let build = stop.withLock { current -> Task<BuildOutcome, Never>? in
+            current = max(current, request)
+            return current == .immediate ? currentBuild.withLock { $0 } : nil
+        }
+        build?.cancel()
+    }
+
+    var stopRequest: StopRequest { stop.withLock { $0 } }
+
+    /// Serves the queue until stopped (or, in burst mode, until it is empty).
+    public func run() async throws {
+        heartbeat.start()
+        defer { logger.info("worker stopped", metadata: ["vm": "\(settings.vm)"]) }
+        try await recoverUnfinished()
+        logger.info("worker ready", metadata: ["vm": "\(settings.vm)", "queue": "\(queue.queueKey)", "host": "\(settings.host)"])
+        await heartbeat.update(.idle)
+        while stopRequest == .none {
+            let raw: [UInt8]?
+            do {
+                raw = try await queue.fetch(block: settings.burst ? nil : settings.fetchBlock)
+            } catch let error as RedisError where error.isConnectionError {
+                // The move may have happened with its reply lost: the processing list tells.
+                try await waitForRedis()
+                if let taken = try await queue.unfinished().first { await process(taken) }
+                continue
+            }
+            guard let raw else {
+                if settings.burst { break }
+                continue
+            }
+            if stopRequest == .immediate {
+                try await putBack(raw, reason: "The worker is stopping; the job was put back at the head of the queue.")
+                break
+            }
+            await process(raw)
+        }
+        await heartbeat.update(.stopping)
+        await heartbeat.stop()
+    }
+
+    private func waitForRedis() async throws {
+        _ = try await withRedisRetry(logger: logger, what: "reach Redis") { try await redis.send(["PING"]) }
+    }
+
+    // MARK: - Recovery
+
+    /// Requeues what a previous run of this worker left in its processing list (it was killed
+    /// mid-job), or gives the job up once it has used all its attempts.
+    func recoverUnfinished() async throws {
+        for raw in try await queue.unfinished().reversed() {
+            switch JobDecoder.decode(raw) {
+            case .failure(let error):
+                try await fileAsFailed(raw, error: error)
+            case .success(let job):
+                let attempts = job.attempts + 1
+                let id = job.payload.id
+                let log = try await LogStreamer.resuming(redis: redis, key: keys.log(id), retention: settings.retention, logger: logger)
+                if attempts >= settings.maxAttempts {
+                    let reason = "The worker running this job stopped unexpectedly \(attempts) times; giving up after \(settings.maxAttempts) attempts."
+                    await log.append("\n\(reason)\n")
+                    await finish(job, raw: raw, result: .errored, exitCode: nil, error: reason, log: log)
+                } else {
+                    await log.append("\nThe worker running this job stopped unexpectedly; the job was requeued (attempt \(attempts + 1) of \(settings.maxAttempts)).\n")
+                    await log.drain()
+                    try await queue.requeue(raw, as: job.withAttempts(attempts), with: reporter.stateCommands(
+                        id: id, state: .requeued, fields: ["attempts": String(attempts), "error": "worker stopped unexpectedly"],
+                        event: .requeued, at: Timestamp.now()))
+                    logger.warning("requeued a job left by a previous run", metadata: ["job": "\(id)", "attempts": "\(attempts)"])
+                }
+            }
+        }
+    }
+
+    // MARK: - One job
+
+    func process(_ raw: [UInt8]) async {
+        do {
+            switch JobDecoder.decode(raw) {
+            case .failure(let error): try await fileAsFailed(raw, error: error)
+            case .success(let job): try await run(job, raw: raw)
+            }
+        } catch {
+            // Only cancellation of the whole worker gets here; the job stays in the processing list.
+            logger.error("job processing abandoned", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func fileAsFailed(_ raw: [UInt8], error: PayloadError) async throws {
+        let failure = ResqueFailure(
+            failedAt: Date(), payload: (try? JSONValue.parse(raw)) ?? .string(String(decoding: raw, as: UTF8.self)),
+            exception: (try? JSONValue.parse(raw)) == nil ? "MalformedJSON" : "InvalidPayload",
+            error: error.description, backtrace: [], worker: settings.worker, queue: settings.queue)
+        var commands: [[String]] = []
+        let now = Timestamp.now()
+        if let id = error.jobID {
+            commands = reporter.stateCommands(id: id, state: .errored, fields: ["error": error.description, "finished_at": now,
+                                                                               "worker": settings.worker, "vm": settings.vm, "host": settings.host],
+                                              event: .failed, at: now)
+        } else {
+            commands = [["XADD", RedisKeys.events, "MAXLEN", "~", JobReporter.eventsMaxLength, "*",
+                         "type", JobEvent.failed.rawValue, "id", "", "state", JobState.errored.rawValue, "worker", settings.worker, "at", now]]
+        }
+        try await queue.fail(raw, failure: failure.json(), with: commands)
+        logger.error("malformed job sent to the failed queue", metadata: ["job": "\(error.jobID ?? "?")", "error": "\(error.description)"])
+    }
+
+    private func run(_ job: QueuedJob, raw: [UInt8]) async throws {
+        let id = job.payload.id
+        let attempt = job.attempts + 1
+        if attempt > settings.maxAttempts {
+            let log = try await LogStreamer.resuming(redis: redis, key: keys.log(id), retention: settings.retention, logger: logger)
+            let reason = "The job already used its \(settings.maxAttempts) attempts."
+            await log.append("\n\(reason)\n")
+            await finish(job, raw: raw, result: .errored, exitCode: nil, error: reason, log: log)
+            return
+        }
+        // A job id run before (a rerun) starts a fresh log.
+        let previous = try await withRedisRetry(logger: logger, what: "read job \(id)") { try await redis.send(["HGET", keys.job(id), "state"]) }
+        if let state = previous.string.flatMap(JobState.init(rawValue:)), state.isFinal {
+            _ = try await withRedisRetry(logger: logger, what: "reset log \(id)") { try await redis.send(["DEL", keys.log(id)]) }
+        }
+        var received = ["attempts": String(attempt), "worker": settings.worker, "vm": settings.vm, "host": settings.host,
+                        "received_at": Timestamp.now(), "error": "", "exit_code": "", "finished_at": ""]
+        if let queuedAt = job.queuedAt { received["queued_at"] = queuedAt }
+        try await reporter.record(id: id, state: .received, fields: received, event: .received)
+        await heartbeat.update(.busy, job: id)
+        defer { Task { [heartbeat] in await heartbeat.update(.idle) } }
+        logger.info("job received", metadata: ["job": "\(id)", "attempt": "\(attempt)"])
+
+        let log = try await LogStreamer.resuming(redis: redis, key: keys.log(id), retention: settings.retention, logger: logger)
+        let outcome: BuildOutcome
+        do {
+            try await machine.prepare()
+            try await reporter.record(id: id, state: .started, fields: ["started_at": Timestamp.now()], event: .started)
+            outcome = await runBuild(job, log: log)
+        } catch let error as InfrastructureError {
+            outcome = .infrastructure(error.message)
+        }
+        await machine.release()
+
+        switch outcome {
+        case .finished(let result, let exitCode, let message):
+            if let message { await log.append("\n\n\(message)\n") }
+            await log.append("\nDone. Your build exited with \(exitCode) (\(result.rawValue)).\n")
+            await finish(job, raw: raw, result: result, exitCode: exitCode, error: message, log: log)
+        case .infrastructure(let message):
+            await log.append("\n\nThe machine \(settings.vm) failed: \(message)\n")
+            try await retryElsewhere(job, raw: raw, reason: message, log: log)
+        case .interrupted:
+            await log.append("\n\nThe worker is stopping; the build was stopped and the job put back at the head of the queue.\n")
+            await log.drain()
+            try await queue.requeue(raw, as: raw, with: reporter.stateCommands(
+                id: id, state: .requeued, fields: ["error": "worker stopped"], event: .requeued, at: Timestamp.now()))
+            logger.info("job requeued: worker stopping", metadata: ["job": "\(id)"])
+        }
+    }
+
+    private func runBuild(_ job: QueuedJob, log: LogStreamer) async -> BuildOutcome {
+        var limits = settings.limits
+        if let hard = job.payload.hardLimit { limits.hardLimit = min(limits.hardLimit, .seconds(hard)) }
+        if let silence = job.payload.logSilence { limits.logSilence = min(limits.logSilence, .seconds(silence)) }
+        let script = BuildScript.render(job.payload)
+        let task = Task { [machine, limits] in
+            await BuildRun.execute(machine: machine, script: script, jobID: job.payload.id, limits: limits) { chunk in
+                await log.append(chunk)
+            }
+        }
+        let stopNow = stop.withLock { request -> Bool in
+            currentBuild.withLock { $0 = task }
+            return request == .immediate
+        }
+        if stopNow { task.cancel() }
+        let outcome = await task.value
+        currentBuild.withLock { $0 = nil }
+        return outcome
+    }
+
+    /// An infrastructure failure: back to the head of the queue with one attempt more, or
+    /// `errored` once the attempts are used up, so a broken machine never loops a job forever.
+    private func retryElsewhere(_ job: QueuedJob, raw: [UInt8], reason: String, log: LogStreamer) async throws {
+        let attempts = job.attempts + 1
+        if attempts >= settings.maxAttempts {
+            let message = "Infrastructure error on attempt \(attempts) of \(settings.maxAttempts): \(reason)"
+            await log.append("\(message)\nDone. The job errored.\n")
+            await finish(job, raw: raw, result: .errored, exitCode: nil, error: message, log: log)
+            return
+        }
+        await log.append("The job was requeued (attempt \(attempts + 1) of \(settings.maxAttempts)).\n")
+        await log.drain()
+        try await queue.requeue(raw, as: job.withAttempts(attempts), with: reporter.stateCommands(
+            id: job.payload.id, state: .requeued, fields: ["attempts": String(attempts), "error": reason], event: .requeued, at: Timestamp.now()))
+    }
+
+    private func putBack(_ raw: [UInt8], reason: String) async throws {
+        var commands: [[String]] = []
+        if case .success(let job) = JobDecoder.decode(raw) {
+            commands = reporter.stateCommands(id: job.payload.id, state: .requeued, fields: ["error": reason], event: .requeued, at: Timestamp.now())
+        }
+        try await queue.requeue(raw, as: raw, with: commands)
+    }
+
+    /// Closes the log, then writes the final state and drops the job from the processing list
+    /// in one transaction (retried until Redis takes it).
+    private func finish(_ job: QueuedJob, raw: [UInt8], result: BuildResult, exitCode: Int32?, error: String?, log: LogStreamer) async {
+        await log.finish()
+        let id = job.payload.id
+        let state: JobState = switch result { case .passed: .passed; case .failed: .failed; case .errored: .errored }
+        var commands = reporter.stateCommands(
+            id: id, state: state,
+            fields: ["finished_at": Timestamp.now(), "exit_code": exitCode.map(String.init) ?? "", "error": error ?? ""],
+            event: .finished, at: Timestamp.now())
+        commands.append(["INCR", keys.processedCount])
+        do {
+            try await queue.complete(raw, with: commands)
+            logger.info("job finished", metadata: ["job": "\(id)", "result": "\(result.rawValue)", "exit_code": "\(exitCode.map(String.init) ?? "-")"])
+        } catch {
+            logger.error("could not record the end of job \(id); it stays in the processing list", metadata: ["error": "\(error)"])
+        }
+    }
+}

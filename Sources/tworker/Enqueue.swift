@@ -1,0 +1,142 @@
+import ArgumentParser
+import Foundation
+import RedisClient
+import TWorkerCore
+
+struct Enqueue: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Push a build job onto the queue (Resque's wire format) and print its id.",
+        discussion: """
+        Either --file with a JSON payload ('-' reads stdin), or --repo with --script commands.
+        A payload without an id gets a new unique one. Without --commit, the repository's HEAD.
+        """
+    )
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(help: "The queue to push onto (default: $QUEUE, else the config's queue).")
+    var queue: String?
+
+    @Option(help: "A JSON payload file; '-' reads standard input.")
+    var file: String?
+
+    @Option(help: "Repository URL or local path to check out.")
+    var repo: String?
+
+    @Option(help: "Commit to check out (default: the repository's HEAD).")
+    var commit: String?
+
+    @Option(help: "Branch to clone (default: the repository's default branch).")
+    var branch: String?
+
+    @Option(help: "owner/name (default: taken from the repository's path).")
+    var slug: String?
+
+    @Option(help: "A script command; repeat for several.")
+    var script: [String] = []
+
+    func validate() throws {
+        if (file == nil) == (repo == nil && script.isEmpty) {
+            throw ValidationError("give either --file PATH, or --repo/--script (not both)")
+        }
+        if file != nil, repo != nil || !script.isEmpty || commit != nil || branch != nil || slug != nil {
+            throw ValidationError("--file cannot be combined with --repo, --commit, --branch, --slug or --script")
+        }
+        if repo == nil, commit != nil || branch != nil || slug != nil {
+            throw ValidationError("--commit, --branch and --slug need --repo")
+        }
+    }
+
+    func run() async throws {
+        let config = try global.load().config
+        let logger = global.logger(config)
+        try await reportingFailures {
+            var payload = try await buildPayload()
+            if payload["id"] == nil { payload["id"] = .string(UUID().uuidString.lowercased()) }
+            let queuedAt = Timestamp.now()
+            let envelope = JSONValue.object(["class": .string("TWorker::Build"), "args": .array([.object(payload)]),
+                                             "queued_at": .string(queuedAt)])
+            let raw = envelope.serialized()
+            let job: QueuedJob
+            switch JobDecoder.decode(raw) {
+            case .success(let decoded): job = decoded
+            case .failure(let error):
+                printError("the job is invalid:\n" + error.problems.joined(separator: "\n"))
+                throw ExitCode(65)
+            }
+            let queueName = queue ?? config.queue
+            let keys = RedisKeys(namespace: config.redis.namespace, host: config.host)
+            let setup = try await RedisSetup.resolve(config, logger: logger)
+            defer { setup.shutdown() }
+            let redis = setup.connect()
+            defer { redis.close() }
+            let id = job.payload.id
+            let replies = try await redis.pipeline(bytes: [
+                [Array("HSET".utf8), Array(keys.job(id).utf8), Array("state".utf8), Array("queued".utf8),
+                 Array("queued_at".utf8), Array(queuedAt.utf8), Array("attempts".utf8), Array("0".utf8)],
+                [Array("EXPIRE".utf8), Array(keys.job(id).utf8), Array(String(config.reporting.retention).utf8)],
+                [Array("SADD".utf8), Array(keys.queues.utf8), Array(queueName.utf8)],
+                [Array("RPUSH".utf8), Array(keys.queue(queueName).utf8), raw],
+            ])
+            if let failure = replies.first(where: { if case .error = $0 { true } else { false } }) {
+                throw RedisError.server("\(failure)")
+            }
+            print(id)
+        }
+    }
+
+    private func buildPayload() async throws -> [String: JSONValue] {
+        if let file {
+            let data: Data
+            if file == "-" {
+                data = FileHandle.standardInput.readDataToEndOfFile()
+            } else {
+                guard let read = FileManager.default.contents(atPath: file) else {
+                    throw ValidationError("--file \(file): cannot read it")
+                }
+                data = read
+            }
+            guard case .object(let payload)? = try? JSONValue.parse(Array(data)) else {
+                throw ValidationError("--file \(file): not a JSON object")
+            }
+            return payload
+        }
+        var payload: [String: JSONValue] = [:]
+        if !script.isEmpty { payload["config"] = .object(["script": .array(script.map(JSONValue.string))]) }
+        guard let repo else { return payload }
+        let sourceURL = Self.absoluteSource(repo)
+        var branch = self.branch
+        var commit = self.commit
+        if branch == nil || commit == nil {
+            guard let head = RemoteHead(lsRemoteOutput: try await Git.run(.remoteHead(url: sourceURL))) else {
+                throw ValidationError("--repo \(repo): git found no HEAD there")
+            }
+            if commit == nil { commit = head.commit }
+            if branch == nil { branch = head.branch }
+        }
+        guard let branch else { throw ValidationError("--repo \(repo): HEAD is not on a branch; give --branch") }
+        payload["repository"] = .object(["slug": .string(slug ?? Self.slug(from: sourceURL)), "source_url": .string(sourceURL)])
+        payload["commit"] = .string(commit ?? "")
+        payload["branch"] = .string(branch)
+        return payload
+    }
+
+    /// Local paths become absolute: the build clones from its own workspace.
+    static func absoluteSource(_ repo: String) -> String {
+        guard !repo.contains("://"), FileManager.default.fileExists(atPath: repo) else { return repo }
+        return URL(fileURLWithPath: repo).standardizedFileURL.path
+    }
+
+    /// `owner/name` from the last two path components, characters outside the slug alphabet replaced.
+    static func slug(from url: String) -> String {
+        let parts = url.split(whereSeparator: { $0 == "/" || $0 == ":" }).map { part -> String in
+            var name = String(part)
+            if name.hasSuffix(".git") { name.removeLast(4) }
+            let cleaned = String(name.map { $0.isASCII && ($0.isLetter || $0.isNumber || "_.-".contains($0)) ? $0 : "-" })
+            return cleaned == "." || cleaned == ".." ? "-" : cleaned
+        }.filter { !$0.isEmpty }
+        let name = parts.last ?? "repo"
+        let owner = parts.count >= 2 ? parts[parts.count - 2] : "local"
+        return "\(owner.prefix(100))/\(name.prefix(100))"
+    }
+}

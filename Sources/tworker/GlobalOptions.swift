@@ -1,0 +1,54 @@
+import ArgumentParser
+import Foundation
+import Logging
+import TWorkerCore
+
+/// Options every command takes: which config to load.
+struct GlobalOptions: ParsableArguments {
+    @Option(name: .long, help: "Environment: selects config/worker.<env>.yml (default: $TWORKER_ENV, $TRAVIS_ENV, development).")
+    var env: String?
+
+    @Option(name: .customLong("config-dir"), help: "Directory holding worker.<env>.yml and worker.yml (default: $TWORKER_CONFIG_DIR or ./config).")
+    var configDir: String?
+
+    @Flag(name: .long, help: "Log debug details (also VERBOSE=true).")
+    var verbose = false
+
+    /// Loads the effective config or exits 78 with every problem on its own line.
+    func load(overrides: (inout [String: String]) -> Void = { _ in }) throws -> LoadedConfig {
+        var environment = ProcessInfo.processInfo.environment
+        overrides(&environment)
+        do {
+            var loaded = try ConfigLoader(configDir: configDir, env: env, environment: environment).load()
+            if verbose { loaded.config.verbose = true }
+            return loaded
+        } catch {
+            printError(error.description)
+            throw ExitCode(78)
+        }
+    }
+
+    func logger(_ config: WorkerConfig, label: String = "tworker") -> Logger {
+        var logger = Logger(label: label) { StreamLogHandler.standardError(label: $0) }
+        logger.logLevel = config.verbose ? .debug : .info
+        return logger
+    }
+}
+
+func printError(_ message: String) {
+    FileHandle.standardError.write(Data(("tworker: " + message.replacingOccurrences(of: "\n", with: "\ntworker: ") + "\n").utf8))
+}
+
+/// Turns anything thrown below into one clear line and exit code 1.
+func reportingFailures<T>(_ body: () async throws -> T) async throws -> T {
+    do {
+        return try await body()
+    } catch let error as ExitCode {
+        throw error
+    } catch let error as CleanExit {
+        throw error
+    } catch {
+        printError("\(error)")
+        throw ExitCode.failure
+    }
+}

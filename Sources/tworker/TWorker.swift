@@ -1,0 +1,14 @@
+import ArgumentParser
+
+@main
+struct TWorker: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tworker",
+        abstract: "A CI build-worker host: takes build jobs off a Redis queue and runs each on its own machine.",
+        discussion: """
+        Exit codes: 0 success; 1 failure (job not found, Redis unreachable, build machine error); \
+        64 usage error; 78 configuration error.
+        """,
+        subcommands: [Work.self, Enqueue.self, JobCommand.self, Logs.self, ConfigCommand.self]
+    )
+}

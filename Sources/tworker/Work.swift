@@ -1,0 +1,55 @@
+import ArgumentParser
+import Foundation
+import TWorkerCore
+
+struct Work: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run one worker serving one VM (for debugging a single worker by hand).",
+        discussion: """
+        Takes jobs off the queue one at a time and runs each on the VM's machine.
+        Signals: TERM/INT stop the build and put its job back at the head of the queue; \
+        QUIT finishes the current job, then exits.
+        Environment: VM, QUEUE, VERBOSE=true, REDIS_URL work like the flags.
+        """
+    )
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(help: "The VM this worker serves, e.g. worker-1 (default: $VM, else worker-1).")
+    var vm: String?
+
+    @Option(help: "The queue to take jobs from (default: $QUEUE, else the config's queue).")
+    var queue: String?
+
+    @Flag(help: "Exit once the queue is empty.")
+    var burst = false
+
+    func run() async throws {
+        let config = try global.load().config
+        let vmName = vm ?? config.vm ?? "worker-1"
+        guard vmName.range(of: "^[A-Za-z0-9_.-]{1,64}$", options: .regularExpression) != nil else {
+            throw ValidationError("--vm '\(vmName)': a VM name is 1-64 characters of A-Z a-z 0-9 _ . -")
+        }
+        let logger = global.logger(config)
+        try await reportingFailures {
+            let redis = try await RedisSetup.resolve(config, logger: logger)
+            defer { redis.shutdown() }
+            let provider: any MachineProvider
+            switch config.provider {
+            case .local: provider = LocalProvider(workspaceRoot: config.local.workspace)
+            case .virtualbox: throw ProviderUnavailable()
+            }
+            var settings = Worker.Settings(config: config, vm: vmName, queue: queue)
+            settings.burst = burst
+            let worker = Worker(settings: settings, machine: try provider.machine(named: vmName),
+                                redis: redis.connect(), blockingRedis: redis.connect(), logger: logger)
+            let signals = worker.handleSignals()
+            defer { signals.cancel() }
+            try await worker.run()
+        }
+    }
+}
+
+struct ProviderUnavailable: Error, CustomStringConvertible {
+    var description: String { "provider 'virtualbox' is not available in this build yet; use provider: local" }
+}

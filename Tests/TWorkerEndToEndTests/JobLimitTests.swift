@@ -1,0 +1,69 @@
+import Foundation
+import Testing
+import TWorkerCore
+import TWorkerTestSupport
+
+@Suite(.tags(.endToEnd))
+struct JobLimitTests {
+    @Test func theHardLimitEndsTheJobAsErroredAndKillsEverythingItStarted() async throws {
+        try await TestHost.with { host in
+            let pidFile = host.directory.path + "/background.pid"
+            let id = try await host.push(script: ["sleep 300 & echo $! > \(pidFile)", "sleep 300"],
+                                         extra: #","timeouts":{"hard_limit":2}"#)
+            try await host.runBurst()
+            let record = try await host.record(id)
+            #expect(record["state"] == "errored")
+            let log = try await host.log(id)
+            #expect(log.text.contains("exceeded the maximum time limit for jobs (2 s)"))
+            #expect(log.text.hasSuffix("(errored).\n"))
+            #expect(log.isFinal)
+            let background = try #require(pid_t(try String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
+            // Killed, though maybe not yet reaped by whoever inherited it: a zombie counts as gone.
+            let gone = await eventually(timeout: .seconds(5)) {
+                kill(background, 0) != 0 || ((try? String(contentsOfFile: "/proc/\(background)/stat", encoding: .utf8))?.contains(") Z ") ?? true)
+            }
+            #expect(gone, "the build's background process was killed with its group")
+        }
+    }
+
+    @Test func logSilenceEndsTheJob() async throws {
+        try await TestHost.with(config: "timeouts:\n  log_silence: 1\n") { host in
+            let id = try await host.push(script: ["echo talking", "sleep 30"])
+            try await host.runBurst()
+            #expect(try await host.record(id)["state"] == "errored")
+            #expect(try await host.log(id).text.contains("No output has been received in the last 1 seconds"))
+        }
+    }
+
+    @Test func aStageTimeoutEndsTheJob() async throws {
+        try await TestHost.with(config: "timeouts:\n  install: 1\n") { host in
+            try await host.push(#"{"class":"X","args":[{"id":"slow-install","config":{"install":"sleep 30","script":"echo never"}}]}"#)
+            try await host.runBurst()
+            #expect(try await host.record("slow-install")["state"] == "errored")
+            let log = try await host.log("slow-install").text
+            #expect(log.contains("The install stage exceeded its time limit of 1 s"))
+            #expect(!log.contains("$ echo never"))
+        }
+    }
+
+    @Test func theLogIsCutAtItsLimitAndTheBuildStopped() async throws {
+        try await TestHost.with(config: "limits:\n  log_length: 4096\n") { host in
+            let id = try await host.push(script: ["for i in $(seq 1 100000); do echo line-$i-padding-padding-padding; done", "echo not-reached > /dev/null; sleep 30"])
+            try await host.runBurst()
+            #expect(try await host.record(id)["state"] == "errored")
+            let log = try await host.log(id).text
+            #expect(log.contains("The log length has exceeded the limit of 4096 bytes"))
+            #expect(log.utf8.count < 4096 + 1024, "only the closing lines follow the cut")
+        }
+    }
+
+    @Test func aJobCannotRaiseTheHostsLimits() async throws {
+        try await TestHost.with(config: "timeouts:\n  hard_limit: 2\n") { host in
+            let id = try await host.push(script: ["sleep 30"], extra: #","timeouts":{"hard_limit":3600}"#)
+            let started = ContinuousClock.now
+            try await host.runBurst()
+            #expect(ContinuousClock.now - started < .seconds(20))
+            #expect(try await host.log(id).text.contains("(2 s)"))
+        }
+    }
+}

@@ -1,0 +1,165 @@
+import Foundation
+import Logging
+import RedisClient
+import Testing
+import TWorkerCore
+import TWorkerTestSupport
+
+extension Tag {
+    /// Tests that start real servers and processes; `swift test --skip-tags`-style filtering can leave them out.
+    @Tag static var endToEnd: Self
+}
+
+/// A tworker host for one test: a real redis-server, a config directory and a state directory.
+struct TestHost: Sendable {
+    let redisServer: RedisServer
+    let directory: TempDirectory
+    let redis: RedisConnection
+
+    var configDir: String { directory.path + "/config" }
+    var stateDir: String { directory.path + "/var" }
+    var keys: RedisKeys { RedisKeys(namespace: "resque", host: "testhost") }
+
+    /// Runs `body` with a fresh host; `config` is YAML added to the test config file.
+    static func with(config: String = "", appendonly: Bool = false, _ body: (TestHost) async throws -> Void) async throws {
+        try await withRedisServer(appendonly: appendonly) { server in
+            let directory = try TempDirectory(prefix: "tworker-e2e")
+            defer { directory.remove() }
+            let host = TestHost(redisServer: server, directory: directory, redis: RedisConnection(endpoint: server.endpoint))
+            defer { host.redis.close() }
+            try host.writeConfig(config)
+            try await body(host)
+        }
+    }
+
+    func writeConfig(_ extra: String) throws {
+        try FileManager.default.createDirectory(atPath: configDir, withIntermediateDirectories: true)
+        let yaml = """
+        provider: local
+        host: testhost
+        state_dir: \(stateDir)
+        redis:
+          url: \(redisServer.url)
+        heartbeat:
+          interval: 1
+        \(extra)
+        """
+        try yaml.write(toFile: configDir + "/worker.test.yml", atomically: true, encoding: .utf8)
+    }
+
+    func config() throws -> WorkerConfig {
+        try ConfigLoader(configDir: configDir, env: "test", environment: [:], currentDirectory: directory.path).load().config
+    }
+
+    // MARK: - Queue
+
+    /// Pushes a job exactly as a Resque client would: RPUSH the JSON, SADD the queue name.
+    func push(_ json: String, queue: String = "builds") async throws {
+        _ = try await redis.pipeline([["SADD", "resque:queues", queue], ["RPUSH", "resque:queue:\(queue)", json]])
+    }
+
+    /// Pushes a payload built from a script; returns the id.
+    @discardableResult
+    func push(id: String = UUID().uuidString.lowercased(), script: [String], extra: String = "", queue: String = "builds") async throws -> String {
+        let commands = script.map { "\"\(jsonEscape($0))\"" }.joined(separator: ",")
+        try await push(#"{"class":"Build","args":[{"id":"\#(id)","config":{"script":[\#(commands)]}\#(extra)}]}"#, queue: queue)
+        return id
+    }
+
+    func jsonEscape(_ text: String) -> String {
+        String(decoding: JSONValue.string(text).serialized().dropFirst().dropLast(), as: UTF8.self)
+    }
+
+    // MARK: - Workers
+
+    /// Runs a worker in this process until the queue is empty.
+    func runBurst(vm: String = "worker-1", adjust: (inout Worker.Settings) -> Void = { _ in }) async throws {
+        let worker = try makeWorker(vm: vm) { settings in
+            settings.burst = true
+            adjust(&settings)
+        }
+        try await worker.run()
+    }
+
+    func makeWorker(vm: String = "worker-1", adjust: (inout Worker.Settings) -> Void = { _ in }) throws -> Worker {
+        let config = try config()
+        var settings = Worker.Settings(config: config, vm: vm)
+        settings.fetchBlock = .milliseconds(200)
+        adjust(&settings)
+        var logger = Logger(label: "test-worker")
+        logger.logLevel = .warning
+        return Worker(settings: settings, machine: try LocalProvider(workspaceRoot: config.local.workspace).machine(named: vm),
+                      redis: RedisConnection(endpoint: redisServer.endpoint), blockingRedis: RedisConnection(endpoint: redisServer.endpoint),
+                      logger: logger)
+    }
+
+    /// Starts `tworker work` as a separate process against this host.
+    func spawnWorker(vm: String = "worker-1", arguments: [String] = []) throws -> SpawnedProcess {
+        try SpawnedProcess.spawn(try tworkerExecutable(), ["work", "--env", "test", "--config-dir", configDir, "--vm", vm] + arguments,
+                                 environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": directory.path],
+                                 log: directory.path + "/worker-\(vm)-\(UUID().uuidString.prefix(6)).log")
+    }
+
+    /// Runs the `tworker` CLI to completion; returns exit status, stdout and stderr.
+    func cli(_ arguments: [String], environment: [String: String] = [:], stdin: String? = nil) async throws -> (status: Int32, out: String, err: String) {
+        let out = directory.path + "/cli-\(UUID().uuidString).out"
+        let err = out + ".err"
+        let script = "exec \"$0\" \"$@\" >\(out) 2>\(err)"
+        var env = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": directory.path]
+        env.merge(environment) { $1 }
+        var bashArguments = ["-c", script, try tworkerExecutable()] + arguments
+        if let stdin {
+            let input = directory.path + "/cli-\(UUID().uuidString).in"
+            try stdin.write(toFile: input, atomically: true, encoding: .utf8)
+            bashArguments = ["-c", "exec \"$0\" \"$@\" <\(input) >\(out) 2>\(err)", try tworkerExecutable()] + arguments
+        }
+        let process = try SpawnedProcess.spawn("/bin/bash", bashArguments, environment: env, log: "/dev/null")
+        let status = await process.waitForExit(timeout: .seconds(60)) ?? -1
+        return (status, (try? String(contentsOfFile: out, encoding: .utf8)) ?? "", (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+    }
+
+    // MARK: - Reading results
+
+    func record(_ id: String) async throws -> [String: String] {
+        let reply = try await redis.send(["HGETALL", keys.job(id)])
+        var result: [String: String] = [:]
+        let items = reply.array ?? []
+        for index in stride(from: 0, to: items.count - 1, by: 2) {
+            result[items[index].string ?? ""] = items[index + 1].string ?? ""
+        }
+        return result
+    }
+
+    struct Log {
+        var entries: [[String: String]]
+        var text: String { entries.compactMap { $0["data"] }.joined() }
+        var isFinal: Bool { entries.last?["final"] == "1" }
+        var numbers: [Int] { entries.compactMap { $0["n"].flatMap(Int.init) } }
+    }
+
+    func log(_ id: String) async throws -> Log {
+        let reply = try await redis.send(["XRANGE", keys.log(id), "-", "+"])
+        return Log(entries: (reply.array ?? []).map { entry in
+            let fields = entry.array?.last?.array ?? []
+            var result: [String: String] = [:]
+            for index in stride(from: 0, to: fields.count - 1, by: 2) {
+                result[fields[index].string ?? ""] = fields[index + 1].string ?? ""
+            }
+            return result
+        })
+    }
+
+    func events(for id: String) async throws -> [String] {
+        let reply = try await redis.send(["XRANGE", RedisKeys.events, "-", "+"])
+        return (reply.array ?? []).compactMap { entry -> String? in
+            let fields = entry.array?.last?.array?.compactMap(\.string) ?? []
+            var values: [String: String] = [:]
+            for index in stride(from: 0, to: fields.count - 1, by: 2) { values[fields[index]] = fields[index + 1] }
+            return values["id"] == id ? values["type"] : nil
+        }
+    }
+
+    func int(_ command: [String]) async throws -> Int {
+        Int(try await redis.send(command).int ?? 0)
+    }
+}
