@@ -32,11 +32,11 @@ final class HiredisSession: @unchecked Sendable {
         let ctx = try connectedContext()
         let timeout = socketTimeout ?? commandTimeout
         if socketTimeout != nil {
-            redisSetTimeout(ctx, Self.timeval(timeout))
+            redisSetTimeout(ctx, Self.makeTimeval(timeout))
         }
         let replies = try roundTrip(ctx, commands, timeout: timeout)
         if socketTimeout != nil, context == ctx {
-            redisSetTimeout(ctx, Self.timeval(commandTimeout))
+            redisSetTimeout(ctx, Self.makeTimeval(commandTimeout))
         }
         return replies
     }
@@ -80,11 +80,11 @@ final class HiredisSession: @unchecked Sendable {
         switch endpoint.address {
         case let .tcp(host, port):
             maybeContext = limited
-                ? redisConnectWithTimeout(host, Int32(port), Self.timeval(connectTimeout))
+                ? redisConnectWithTimeout(host, Int32(port), Self.makeTimeval(connectTimeout))
                 : redisConnect(host, Int32(port))
         case let .unix(path):
             maybeContext = limited
-                ? redisConnectUnixWithTimeout(path, Self.timeval(connectTimeout))
+                ? redisConnectUnixWithTimeout(path, Self.makeTimeval(connectTimeout))
                 : redisConnectUnix(path)
         }
         guard let ctx = maybeContext else {
@@ -95,7 +95,7 @@ final class HiredisSession: @unchecked Sendable {
             redisFree(ctx)
             throw RedisError.connectionFailed("\(endpoint): \(message)")
         }
-        redisSetTimeout(ctx, Self.timeval(commandTimeout))
+        redisSetTimeout(ctx, Self.makeTimeval(commandTimeout))
         return ctx
     }
 
@@ -213,9 +213,9 @@ final class HiredisSession: @unchecked Sendable {
         }
     }
 
-    private static func timeval(_ duration: Duration) -> Glibc.timeval {
+    private static func makeTimeval(_ duration: Duration) -> timeval {
         let (seconds, attoseconds) = duration.components
-        guard seconds >= 0, duration > .zero else { return Glibc.timeval(tv_sec: 0, tv_usec: 0) }
+        guard seconds >= 0, duration > .zero else { return timeval(tv_sec: 0, tv_usec: 0) }
         // Round up so a tiny positive timeout never becomes 0, which means "no timeout".
         var micros = (attoseconds + 999_999_999_999) / 1_000_000_000_000
         var wholeSeconds = seconds
@@ -223,6 +223,6 @@ final class HiredisSession: @unchecked Sendable {
             wholeSeconds += 1
             micros -= 1_000_000
         }
-        return Glibc.timeval(tv_sec: Int(wholeSeconds), tv_usec: Int(micros))
+        return timeval(tv_sec: Int(wholeSeconds), tv_usec: Int(micros))
     }
 }

@@ -15,13 +15,9 @@ struct GlobalOptions: ParsableArguments {
     var verbose = false
 
     /// Loads the effective config or exits 78 with every problem on its own line.
-    func load(overrides: (inout [String: String]) -> Void = { _ in }) throws -> LoadedConfig {
-        var environment = ProcessInfo.processInfo.environment
-        overrides(&environment)
+    func load(vm: String? = nil) throws -> LoadedConfig {
         do {
-            var loaded = try ConfigLoader(configDir: configDir, env: env, environment: environment).load()
-            if verbose { loaded.config.verbose = true }
-            return loaded
+            return try ConfigLoader(configDir: configDir, env: env, vm: vm, verbose: verbose ? true : nil).load()
         } catch {
             printError(error.description)
             throw ExitCode(78)

@@ -25,8 +25,8 @@ struct Work: AsyncParsableCommand {
     var burst = false
 
     func run() async throws {
-        let config = try global.load().config
-        let vmName = vm ?? config.vm ?? "worker-1"
+        let config = try global.load(vm: vm).config
+        let vmName = config.vm ?? "worker-1"
         guard vmName.range(of: "^[A-Za-z0-9_.-]{1,64}$", options: .regularExpression) != nil else {
             throw ValidationError("--vm '\(vmName)': a VM name is 1-64 characters of A-Z a-z 0-9 _ . -")
         }
