@@ -104,7 +104,7 @@ struct Enqueue: AsyncParsableCommand {
         var payload: [String: JSONValue] = [:]
         if !script.isEmpty { payload["config"] = .object(["script": .array(script.map(JSONValue.string))]) }
         guard let repo else { return payload }
-        let sourceURL = Self.absoluteSource(repo)
+        let sourceURL = RepositorySource.absolute(repo)
         var branch = self.branch
         var commit = self.commit
         if branch == nil || commit == nil {
@@ -115,28 +115,9 @@ struct Enqueue: AsyncParsableCommand {
             if branch == nil { branch = head.branch }
         }
         guard let branch else { throw ValidationError("--repo \(repo): HEAD is not on a branch; give --branch") }
-        payload["repository"] = .object(["slug": .string(slug ?? Self.slug(from: sourceURL)), "source_url": .string(sourceURL)])
+        payload["repository"] = .object(["slug": .string(slug ?? RepositorySource.slug(from: sourceURL)), "source_url": .string(sourceURL)])
         payload["commit"] = .string(commit ?? "")
         payload["branch"] = .string(branch)
         return payload
-    }
-
-    /// Local paths become absolute: the build clones from its own workspace.
-    static func absoluteSource(_ repo: String) -> String {
-        guard !repo.contains("://"), FileManager.default.fileExists(atPath: repo) else { return repo }
-        return URL(fileURLWithPath: repo).standardizedFileURL.path
-    }
-
-    /// `owner/name` from the last two path components, characters outside the slug alphabet replaced.
-    static func slug(from url: String) -> String {
-        let parts = url.split(whereSeparator: { $0 == "/" || $0 == ":" }).map { part -> String in
-            var name = String(part)
-            if name.hasSuffix(".git") { name.removeLast(4) }
-            let cleaned = String(name.map { $0.isASCII && ($0.isLetter || $0.isNumber || "_.-".contains($0)) ? $0 : "-" })
-            return cleaned == "." || cleaned == ".." ? "-" : cleaned
-        }.filter { !$0.isEmpty }
-        let name = parts.last ?? "repo"
-        let owner = parts.count >= 2 ? parts[parts.count - 2] : "local"
-        return "\(owner.prefix(100))/\(name.prefix(100))"
     }
 }

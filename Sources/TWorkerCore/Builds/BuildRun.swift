@@ -218,9 +218,8 @@ final class OutputMonitor: Sendable {
         } else if line.hasPrefix(BuildMarkers.foldEnd) {
             state.lastStage = state.stage?.name
             state.stage = nil
-        } else if line.hasPrefix(BuildMarkers.scriptResultPrefix), line.hasSuffix(".") {
-            let digits = line.dropFirst(BuildMarkers.scriptResultPrefix.count).dropLast()
-            if let code = Int32(digits) { state.scriptResult = code }
+        } else if let code = BuildMarkers.parseScriptResult(line), let exact = Int32(exactly: code) {
+            state.scriptResult = exact
         }
     }
 }

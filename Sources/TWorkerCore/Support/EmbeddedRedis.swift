@@ -79,12 +79,21 @@ public final class EmbeddedRedis: Sendable {
     public func stop() {
         guard let pid = startedPID else { return }
         guard kill(pid, SIGTERM) == 0 else { return }
-        for _ in 0..<500 where kill(pid, 0) == 0 { usleep(10_000) }
+        for _ in 0..<1000 where Self.isAlive(pid) { usleep(5_000) }
+    }
+
+    /// A daemonized server's parent is init (or a container's pid 1), which may reap it late:
+    /// a zombie has exited all the same.
+    static func isAlive(_ pid: pid_t) -> Bool {
+        guard kill(pid, 0) == 0 else { return false }
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return true }
+        return !stat[close...].hasPrefix(") Z")
     }
 
     func runningPID() -> pid_t? {
         guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
-              let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0, kill(pid, 0) == 0 else { return nil }
+              let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0, Self.isAlive(pid) else { return nil }
         return pid
     }
 

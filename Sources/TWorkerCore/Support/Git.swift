@@ -23,6 +23,11 @@ public struct RemoteHead: Sendable, Equatable {
     public var branch: String?
     public var commit: String
 
+    public init(branch: String?, commit: String) {
+        self.branch = branch
+        self.commit = commit
+    }
+
     /// Parses `ref: refs/heads/main\tHEAD` and `<sha>\tHEAD` lines.
     public init?(lsRemoteOutput: String) {
         var branch: String?

@@ -5,9 +5,10 @@ public enum Timestamp {
     public static func now() -> String { format(Date()) }
 
     public static func format(_ date: Date) -> String {
-        let seconds = date.timeIntervalSince1970
-        var whole = time_t(seconds.rounded(.down))
-        let millis = Int(((seconds - Double(whole)) * 1000).rounded(.down))
+        // Whole milliseconds first: splitting the Double directly turns .123 into .122.
+        let totalMillis = Int64((date.timeIntervalSince1970 * 1000).rounded())
+        var whole = time_t(totalMillis.quotientAndRemainder(dividingBy: 1000).quotient)
+        let millis = Int(totalMillis - Int64(whole) * 1000)
         var parts = tm()
         gmtime_r(&whole, &parts)
         func pad(_ value: Int32, _ width: Int) -> String {

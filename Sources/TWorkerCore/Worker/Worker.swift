@@ -168,10 +168,7 @@ public final class Worker: Sendable {
     }
 
     private func fileAsFailed(_ raw: [UInt8], error: PayloadError) async throws {
-        let failure = ResqueFailure(
-            failedAt: Date(), payload: (try? JSONValue.parse(raw)) ?? .string(String(decoding: raw, as: UTF8.self)),
-            exception: (try? JSONValue.parse(raw)) == nil ? "MalformedJSON" : "InvalidPayload",
-            error: error.description, backtrace: [], worker: settings.worker, queue: settings.queue)
+        let failure = ResqueFailure(rejected: error, raw: raw, worker: settings.worker, queue: settings.queue)
         var commands: [[String]] = []
         let now = Timestamp.now()
         if let id = error.jobID {

@@ -1,0 +1,721 @@
+#!/usr/bin/env python3
+"""Benchmark of tworker against a private redis-server on 127.0.0.1 (python3 stdlib only).
+
+Sections, each printed with its goal and PASS/MISS:
+  1. throughput       500 `script: true` jobs, one `work --burst` worker
+  2. checkout         50 jobs cloning a local git repo, beside a plain bash loop doing the same
+  3. latency          200 jobs enqueued ~20 ms apart to a running worker: queued_at -> started_at
+  4. log              one job printing 64 MiB: MiB/s, log stream size, peak and idle RSS
+
+Everything lives in a temp dir (redis-server, config, state, git repo) removed at the end;
+redis-server and every worker are stopped by PID, always.  Exit code: 0 when every section
+ran (goals may still be missed), 1 when a section could not run, 2 on a usage error.
+"""
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+QUEUE = "builds"
+QUEUE_KEY = "resque:queue:" + QUEUE
+QUEUES_KEY = "resque:queues"
+HOST = "benchhost"
+VM = "worker-1"
+ENV = "bench"
+MiB = 1024 * 1024
+FINAL_STATES = {"passed", "failed", "errored", "cancelled"}
+# Variables the worker would read instead of the config file.
+WORKER_ENV_OVERRIDES = ("REDIS_URL", "QUEUE", "VM", "VERBOSE", "TWORKER_ENV", "TRAVIS_ENV", "TWORKER_CONFIG_DIR")
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny RESP2 client
+# ---------------------------------------------------------------------------------------------
+
+class RedisError(Exception):
+    pass
+
+
+class Redis:
+    """Blocking RESP2 client: one socket, commands encoded by hand, replies parsed from a buffer."""
+
+    def __init__(self, port=None, unix_path=None, timeout=30.0):
+        if unix_path:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            self.sock.connect(unix_path)
+        else:
+            self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+        self.pos = 0
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    @staticmethod
+    def encode(args):
+        out = [b"*%d\r\n" % len(args)]
+        for a in args:
+            if isinstance(a, str):
+                a = a.encode()
+            elif isinstance(a, int):
+                a = str(a).encode()
+            out.append(b"$%d\r\n" % len(a))
+            out.append(a)
+            out.append(b"\r\n")
+        return b"".join(out)
+
+    def _fill(self):
+        if self.pos > 0 and self.pos > len(self.buf) // 2:
+            del self.buf[: self.pos]
+            self.pos = 0
+        data = self.sock.recv(1 << 20)
+        if not data:
+            raise RedisError("connection closed by redis-server")
+        self.buf += data
+
+    def _line(self):
+        while True:
+            end = self.buf.find(b"\r\n", self.pos)
+            if end >= 0:
+                line = bytes(self.buf[self.pos:end])
+                self.pos = end + 2
+                return line
+            self._fill()
+
+    def _exact(self, n):
+        while len(self.buf) - self.pos < n + 2:
+            self._fill()
+        data = bytes(self.buf[self.pos:self.pos + n])
+        self.pos += n + 2
+        return data
+
+    def _reply(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            return RedisError(rest.decode())
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            return None if n < 0 else self._exact(n)
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self._reply() for _ in range(n)]
+        raise RedisError("unexpected reply line %r" % line)
+
+    def pipeline(self, commands):
+        """Sends all commands, returns all replies (error replies as RedisError values)."""
+        self.sock.sendall(b"".join(self.encode(c) for c in commands))
+        return [self._reply() for _ in commands]
+
+    def __call__(self, *args):
+        reply = self.pipeline([args])[0]
+        if isinstance(reply, RedisError):
+            raise reply
+        return reply
+
+
+def as_hash(reply):
+    it = iter(reply or [])
+    return {k.decode(): v.decode() for k, v in zip(it, it)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+def now_iso():
+    """UTC now as tworker writes it: ISO 8601 with milliseconds and Z."""
+    t = dt.datetime.now(dt.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (t.microsecond // 1000)
+
+
+def parse_iso(text):
+    if not text:
+        return None
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc).timestamp()
+
+
+def percentile(values, p):
+    """Nearest-rank percentile."""
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    k = max(0, min(len(s) - 1, int(-(-p * len(s) // 100)) - 1))
+    return s[k]
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_status(pid, field):
+    """A /proc/<pid>/status field in KiB (VmRSS, VmHWM), or None."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reap(proc):
+    """Waits for a Popen child with wait4 so its rusage is known; returns (exit code, max RSS KiB)."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss
+
+
+def envelope(payload, queued_at=None):
+    import json
+    env = {"class": "TWorker::Build", "args": [payload]}
+    if queued_at is not None:
+        env["queued_at"] = queued_at
+    return json.dumps(env, separators=(",", ":"))
+
+
+class Results:
+    """Rows of the final summary table."""
+
+    def __init__(self):
+        self.rows = []
+        self.errors = []
+
+    def add(self, section, metric, value, goal="-", ok=None):
+        verdict = "-" if ok is None else ("PASS" if ok else "MISS")
+        self.rows.append((section, metric, value, goal, verdict))
+        suffix = "" if goal == "-" else "   (goal %s)  %s" % (goal, verdict)
+        print("  %-44s %s%s" % (metric + ":", value, suffix), flush=True)
+
+    def table(self):
+        headers = ("section", "metric", "value", "goal", "result")
+        widths = [max(len(str(r[i])) for r in self.rows + [headers]) for i in range(5)]
+        line = "  ".join("%-*s" % (w, h) for w, h in zip(widths, headers))
+        print(line)
+        print("  ".join("-" * w for w in widths))
+        for r in self.rows:
+            print("  ".join("%-*s" % (w, str(v)) for w, v in zip(widths, r)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark
+# ---------------------------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.tworker = os.path.abspath(args.tworker)
+        self.tmp = tempfile.mkdtemp(prefix="tworker-bench-")
+        self.redis_proc = None
+        self.port = None
+        self.sock_path = os.path.join(self.tmp, "redis.sock")
+        self.children = []  # worker Popens still to be stopped
+        self.r = None
+        self.results = Results()
+        self.worker_env = {k: v for k, v in os.environ.items() if k not in WORKER_ENV_OVERRIDES}
+        self.run_no = 0
+
+    # -- redis ------------------------------------------------------------------------------
+
+    def start_redis(self):
+        self.port = free_port()
+        rdir = os.path.join(self.tmp, "redis")
+        os.makedirs(rdir)
+        cmd = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+               "--unixsocket", self.sock_path, "--unixsocketperm", "700",
+               "--save", "", "--appendonly", "no", "--dir", rdir,
+               "--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning",
+               "--logfile", os.path.join(rdir, "redis.log")]
+        self.redis_proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.r = Redis(port=self.port)
+                if self.r("PING") == "PONG":
+                    break
+            except (OSError, RedisError):
+                if self.redis_proc.poll() is not None:
+                    raise RuntimeError("redis-server exited with %s (see %s/redis.log)" % (self.redis_proc.returncode, rdir))
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not answer PING within 10 s")
+                time.sleep(0.05)
+        while not os.path.exists(self.sock_path):
+            time.sleep(0.02)
+        info = self.r("INFO", "server").decode()
+        version = next((l.split(":")[1] for l in info.splitlines() if l.startswith("redis_version:")), "?")
+        print("redis-server %s pid %d on 127.0.0.1:%d and %s" % (version, self.redis_proc.pid, self.port, self.sock_path))
+
+    def stop_redis(self):
+        if self.r:
+            self.r.close()
+        p = self.redis_proc
+        if p and p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    # -- config and workers -----------------------------------------------------------------
+
+    def write_config(self, name, transport="tcp", log_length=None, log_silence=None):
+        cdir = os.path.join(self.tmp, "config-" + name)
+        os.makedirs(cdir, exist_ok=True)
+        url = "redis://127.0.0.1:%d" % self.port if transport == "tcp" else "unix://" + self.sock_path
+        lines = [
+            "provider: local",
+            "host: %s" % HOST,
+            "queue: %s" % QUEUE,
+            "state_dir: %s" % os.path.join(self.tmp, "state-" + name),
+            "redis:",
+            '  url: "%s"' % url,
+            "heartbeat:",
+            "  interval: 10",
+        ]
+        if log_length:
+            lines += ["limits:", "  log_length: %d" % log_length]
+        if log_silence:
+            lines += ["timeouts:", "  log_silence: %d" % log_silence, "  script: 3600", "  hard_limit: 3600"]
+        with open(os.path.join(cdir, "worker.%s.yml" % ENV), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return cdir
+
+    def spawn_worker(self, cdir, burst):
+        self.run_no += 1
+        log_path = os.path.join(self.tmp, "worker-%d.log" % self.run_no)
+        cmd = [self.tworker, "work", "--env", ENV, "--config-dir", cdir, "--vm", VM]
+        if burst:
+            cmd.append("--burst")
+        logf = open(log_path, "wb")
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                             env=self.worker_env, cwd=self.tmp)
+        logf.close()
+        p.log_path = log_path
+        self.children.append(p)
+        return p
+
+    def run_burst(self, cdir):
+        """Runs `work --burst` to completion; returns (wall seconds, exit code, max RSS KiB, log path)."""
+        t0 = time.monotonic()
+        p = self.spawn_worker(cdir, burst=True)
+        code, maxrss = reap(p)
+        wall = time.monotonic() - t0
+        self.children.remove(p)
+        if code != 0:
+            raise RuntimeError("worker exited %d; its log: %s\n%s" % (code, p.log_path, tail(p.log_path)))
+        return wall, maxrss, p.log_path
+
+    def wait_ready(self, p, timeout=15):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if p.poll() is not None:
+                raise RuntimeError("worker exited %s before it was ready:\n%s" % (p.returncode, tail(p.log_path)))
+            with open(p.log_path, "rb") as f:
+                if b"worker ready" in f.read():
+                    return
+            time.sleep(0.01)
+        raise RuntimeError("worker not ready after %d s:\n%s" % (timeout, tail(p.log_path)))
+
+    def stop_worker(self, p, timeout=15):
+        """SIGTERM by PID; returns (exit code, max RSS KiB from wait4)."""
+        if p.returncode is None:
+            p.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while True:
+                pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+                if pid == p.pid:
+                    p.returncode = os.waitstatus_to_exitcode(status)
+                    self.children.remove(p)
+                    return p.returncode, usage.ru_maxrss
+                if time.monotonic() > deadline:
+                    print("  worker %d ignored SIGTERM for %d s; sending SIGKILL" % (p.pid, timeout))
+                    p.kill()
+                    deadline = time.monotonic() + 5
+                time.sleep(0.02)
+        self.children.remove(p)
+        return p.returncode, None
+
+    def kill_children(self):
+        for p in list(self.children):
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+            self.children.remove(p)
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def reset(self):
+        self.r("FLUSHALL")
+
+    def enqueue_all(self, payloads, queued_at=None):
+        cmds = [("SADD", QUEUES_KEY, QUEUE)]
+        for i in range(0, len(payloads), 100):
+            cmds.append(("RPUSH", QUEUE_KEY) + tuple(envelope(p, queued_at) for p in payloads[i:i + 100]))
+        for reply in self.r.pipeline(cmds):
+            if isinstance(reply, RedisError):
+                raise reply
+
+    def records(self, ids):
+        replies = self.r.pipeline([("HGETALL", "tworker:job:" + i) for i in ids])
+        return {i: as_hash(rep) for i, rep in zip(ids, replies)}
+
+    def check_states(self, recs, label):
+        states = {}
+        for rec in recs.values():
+            states[rec.get("state", "<none>")] = states.get(rec.get("state", "<none>"), 0) + 1
+        bad = {s: n for s, n in states.items() if s != "passed"}
+        if bad:
+            print("  WARNING: %s: not every job passed: %s" % (label, states))
+        return sum(n for s, n in states.items() if s == "passed")
+
+    def leftovers(self):
+        queued = self.r("LLEN", QUEUE_KEY)
+        processing = self.r("LLEN", "tworker:processing:%s:%s" % (HOST, VM))
+        failed = self.r("LLEN", "resque:failed")
+        if queued or processing or failed:
+            print("  WARNING: after the run: %d queued, %d in the processing list, %d in resque:failed"
+                  % (queued, processing, failed))
+
+    def wait_final(self, ids, timeout, worker=None):
+        deadline = time.monotonic() + timeout
+        pending = list(ids)
+        while pending:
+            states = self.r.pipeline([("HGET", "tworker:job:" + i, "state") for i in pending])
+            pending = [i for i, s in zip(pending, states) if not (s and s.decode() in FINAL_STATES)]
+            if not pending:
+                return True
+            if worker is not None and worker.poll() is not None:
+                raise RuntimeError("worker exited %s while %d jobs were pending:\n%s"
+                                   % (worker.returncode, len(pending), tail(worker.log_path)))
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    # -- sections ---------------------------------------------------------------------------
+
+    def throughput(self):
+        n = self.args.jobs
+        section = "1 throughput"
+        print("\n== 1. Throughput: %d jobs, script: true, one worker --burst ==" % n, flush=True)
+        for transport in ("tcp", "unix"):
+            self.reset()
+            cdir = self.write_config("throughput-" + transport, transport=transport)
+            ids = ["tp-%s-%04d" % (transport, i) for i in range(n)]
+            self.enqueue_all([{"id": i, "config": {"script": ["true"]}} for i in ids])
+            wall, maxrss, _ = self.run_burst(cdir)
+            recs = self.records(ids)
+            passed = self.check_states(recs, "throughput " + transport)
+            self.leftovers()
+            received = [parse_iso(r.get("received_at")) for r in recs.values() if r.get("received_at")]
+            finished = [parse_iso(r.get("finished_at")) for r in recs.values() if r.get("finished_at")]
+            span = max(finished) - min(received) if received and finished else float("nan")
+            rate_wall = n / wall
+            rate_rec = n / span if span > 0 else float("nan")
+            if transport == "tcp":
+                self.results.add(section, "jobs/s, %d / worker wall time (tcp)" % n, "%.1f (%.3f s)" % (rate_wall, wall),
+                                 ">= 300", rate_wall >= 300)
+                self.results.add(section, "jobs/s, records: last finished - first received", "%.1f (%.3f s)" % (rate_rec, span),
+                                 ">= 300", rate_rec >= 300)
+                self.results.add(section, "per job, from records", "%.2f ms" % (1000 * span / n))
+                self.results.add(section, "jobs passed", "%d / %d" % (passed, n), "%d" % n, passed == n)
+                self.results.add(section, "worker max RSS (wait4)", "%.1f MiB" % (maxrss / 1024))
+            else:
+                self.results.add(section, "jobs/s over the unix socket (info)", "%.1f wall, %.1f records" % (rate_wall, rate_rec))
+        self.startup_time()
+
+    def startup_time(self):
+        """Wall time of a --burst worker on an empty queue: the fixed cost inside figure 1."""
+        self.reset()
+        cdir = self.write_config("throughput-tcp")
+        walls = []
+        for _ in range(3):
+            wall, _, _ = self.run_burst(cdir)
+            walls.append(wall)
+        self.results.add("1 throughput", "worker start+exit on an empty queue (min of 3)", "%.0f ms" % (1000 * min(walls)))
+
+    def make_repo(self):
+        repo = os.path.join(self.tmp, "src", "o", "n")
+        os.makedirs(repo)
+        git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid", "-c", "commit.gpgsign=false"]
+        env = dict(self.worker_env, HOME=self.tmp, GIT_CONFIG_NOSYSTEM="1")
+        subprocess.run(git + ["init", "-q", "-b", "main", repo], check=True, env=env)
+        for c in range(3):
+            for f in range(4):
+                with open(os.path.join(repo, "file%d.txt" % f), "a") as fh:
+                    fh.write(("commit %d file %d\n" % (c, f)) * 50)
+            with open(os.path.join(repo, "README"), "a") as fh:
+                fh.write("revision %d\n" % c)
+            subprocess.run(git + ["-C", repo, "add", "-A"], check=True, env=env)
+            subprocess.run(git + ["-C", repo, "commit", "-q", "-m", "commit %d" % c], check=True, env=env)
+        sha = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], check=True, env=env,
+                             capture_output=True, text=True).stdout.strip()
+        return repo, sha
+
+    def checkout(self):
+        n = self.args.checkout_jobs
+        section = "2 checkout"
+        print("\n== 2. With a checkout: %d jobs cloning a local repo (3 commits), script: true ==" % n, flush=True)
+        repo, sha = self.make_repo()
+
+        # The plain loop: the same git work per job, one bash process, output discarded.
+        loop_dir = os.path.join(self.tmp, "plain-loop")
+        os.makedirs(loop_dir)
+        script = (
+            'set -e; base="$1"; repo="$2"; sha="$3"; n="$4"\n'
+            'for i in $(seq "$n"); do\n'
+            '  cd "$base"\n'
+            '  rm -rf ws && mkdir ws && cd ws && git clone --depth 50 --branch main "$repo" o/n && cd o/n && git checkout -qf "$sha"\n'
+            'done\n'
+        )
+        loop_env = dict(self.worker_env, HOME=loop_dir, LANG="C.UTF-8")
+        loop_cmd = ["bash", "-c", script, "bash", loop_dir, repo, sha]
+        subprocess.run(loop_cmd + ["1"], check=True, env=loop_env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)  # warm-up
+        t0 = time.monotonic()
+        subprocess.run(loop_cmd + [str(n)], check=True, env=loop_env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        loop_wall = time.monotonic() - t0
+        loop_rate = n / loop_wall
+
+        self.reset()
+        cdir = self.write_config("checkout")
+        ids = ["co-%04d" % i for i in range(n)]
+        self.enqueue_all([{"id": i, "repository": {"slug": "o/n", "source_url": repo}, "commit": sha, "branch": "main",
+                           "config": {"script": ["true"]}} for i in ids])
+        wall, _, _ = self.run_burst(cdir)
+        recs = self.records(ids)
+        passed = self.check_states(recs, "checkout")
+        self.leftovers()
+        received = [parse_iso(r.get("received_at")) for r in recs.values() if r.get("received_at")]
+        finished = [parse_iso(r.get("finished_at")) for r in recs.values() if r.get("finished_at")]
+        span = max(finished) - min(received) if received and finished else float("nan")
+        # Did the checkout really happen? The log of one job shows git's steps.
+        log = b"".join(self.log_data(ids[0]))
+        if b"git checkout -qf" not in log:
+            print("  WARNING: job %s's log shows no checkout:\n%s" % (ids[0], log.decode(errors="replace")[-2000:]))
+
+        rate = n / wall
+        rate_rec = n / span if span > 0 else float("nan")
+        pct = 100 * rate / loop_rate
+        self.results.add(section, "plain bash loop jobs/s", "%.1f (%.3f s)" % (loop_rate, loop_wall))
+        self.results.add(section, "tworker jobs/s, %d / worker wall time" % n, "%.1f (%.3f s)" % (rate, wall))
+        self.results.add(section, "tworker as % of the plain loop (wall)", "%.0f%%" % pct, ">= 90%", pct >= 90)
+        self.results.add(section, "tworker jobs/s, records", "%.1f (%.0f%% of loop)" % (rate_rec, 100 * rate_rec / loop_rate),
+                         ">= 90%", rate_rec / loop_rate >= 0.9)
+        self.results.add(section, "jobs passed", "%d / %d" % (passed, n), "%d" % n, passed == n)
+
+    def latency(self):
+        n = self.args.latency_jobs
+        gap = self.args.gap_ms / 1000
+        section = "3 latency"
+        print("\n== 3. Enqueue-to-start latency: %d jobs, one every %d ms, to a running worker ==" % (n, self.args.gap_ms),
+              flush=True)
+        self.reset()
+        cdir = self.write_config("latency")
+        p = self.spawn_worker(cdir, burst=False)
+        try:
+            self.wait_ready(p)
+            time.sleep(0.2)
+            ids = ["lat-%04d" % i for i in range(n)]
+            self.r("SADD", QUEUES_KEY, QUEUE)
+            next_at = time.monotonic()
+            for i in ids:
+                self.r("RPUSH", QUEUE_KEY, envelope({"id": i, "config": {"script": ["true"]}}, queued_at=now_iso()))
+                next_at += gap
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            done = self.wait_final(ids, timeout=30, worker=p)
+        finally:
+            code, _ = self.stop_worker(p)
+        if not done:
+            print("  WARNING: not every job reached a final state within 30 s")
+        if code != 0:
+            print("  WARNING: worker exited %d on SIGTERM" % code)
+        recs = self.records(ids)
+        passed = self.check_states(recs, "latency")
+        self.leftovers()
+        start_lat, recv_lat = [], []
+        for r in recs.values():
+            q, rcv, st = parse_iso(r.get("queued_at")), parse_iso(r.get("received_at")), parse_iso(r.get("started_at"))
+            if q is not None and st is not None:
+                start_lat.append(1000 * (st - q))
+            if q is not None and rcv is not None:
+                recv_lat.append(1000 * (rcv - q))
+        self.results.add(section, "started_at - queued_at p50 / p99",
+                         "%.0f / %.0f ms (max %.0f)" % (percentile(start_lat, 50), percentile(start_lat, 99), max(start_lat)),
+                         "report; lower is better")
+        self.results.add(section, "received_at - queued_at p50 / p99",
+                         "%.0f / %.0f ms (max %.0f)" % (percentile(recv_lat, 50), percentile(recv_lat, 99), max(recv_lat)),
+                         "report; lower is better")
+        self.results.add(section, "jobs passed", "%d / %d" % (passed, n), "%d" % n, passed == n)
+
+    def log_data(self, job_id):
+        """The `data` fields of a job's log stream, read with XRANGE in pages."""
+        key = "tworker:job:%s:log" % job_id
+        last = "-"
+        chunks = []
+        while True:
+            page = self.r("XRANGE", key, last, "+", "COUNT", "1000")
+            if not page:
+                return chunks
+            for entry_id, fields in page:
+                it = iter(fields)
+                for k, v in zip(it, it):
+                    if k == b"data":
+                        chunks.append(v)
+                last = "(" + entry_id.decode()
+            if len(page) < 1000:
+                return chunks
+
+    def log_throughput(self):
+        size = self.args.log_mib * MiB
+        section = "4 log"
+        print("\n== 4. Log throughput: one job printing %d MiB (128-byte lines) ==" % self.args.log_mib, flush=True)
+        line = ("0123456789abcdef" * 8)[:127]
+        build_cmd = "yes %s | head -c %d" % (line, size)
+
+        # The command alone, to /dev/null.
+        t0 = time.monotonic()
+        subprocess.run(["bash", "-c", build_cmd + " >/dev/null"], check=True)
+        alone = time.monotonic() - t0
+
+        self.reset()
+        cdir = self.write_config("log", log_length=128 * MiB, log_silence=86400)
+        p = self.spawn_worker(cdir, burst=False)
+        job = "log-0001"
+        try:
+            self.wait_ready(p)
+            time.sleep(0.5)
+            idle_rss = proc_status(p.pid, "VmRSS")
+            idle_hwm = proc_status(p.pid, "VmHWM")
+            self.enqueue_all([{"id": job, "config": {"script": [build_cmd]}}])
+            done = self.wait_final([job], timeout=self.args.log_timeout, worker=p)
+            peak = proc_status(p.pid, "VmHWM")
+        finally:
+            code, maxrss = self.stop_worker(p)
+        if code != 0:
+            print("  WARNING: worker exited %d on SIGTERM" % code)
+        rec = self.records([job])[job]
+        if not done:
+            print("  WARNING: the job was not final after %d s (state %s)" % (self.args.log_timeout, rec.get("state")))
+        self.check_states({job: rec}, "log")
+        self.leftovers()
+        st, fin = parse_iso(rec.get("started_at")), parse_iso(rec.get("finished_at"))
+        chunks = self.log_data(job)
+        data = b"".join(chunks)
+        payload_lines = data.count((line + "\n").encode())
+        expected_lines = size // 128
+        logged = len(data)
+        if st is not None and fin is not None and fin > st:
+            mibps = self.args.log_mib / (fin - st)
+            self.results.add(section, "MiB/s, %d MiB / (finished_at - started_at)" % self.args.log_mib,
+                             "%.1f (%.2f s)" % (mibps, fin - st), ">= 50", mibps >= 50)
+        else:
+            self.results.add(section, "MiB/s", "n/a (job %s)" % rec.get("state"), ">= 50", False)
+        self.results.add(section, "build command alone, to /dev/null", "%.2f s (%.0f MiB/s)" % (alone, self.args.log_mib / alone))
+        self.results.add(section, "log stream: data bytes / entries", "%d / %d" % (logged, len(chunks)))
+        self.results.add(section, "log stream holds the whole output",
+                         "%d / %d lines (%.2f MiB)" % (payload_lines, expected_lines, logged / MiB),
+                         "all %d" % expected_lines, payload_lines == expected_lines)
+        if idle_rss is not None:
+            self.results.add(section, "idle RSS (VmRSS after startup)", "%.1f MiB (VmHWM %.1f)" % (idle_rss / 1024, (idle_hwm or 0) / 1024))
+        if peak is not None:
+            self.results.add(section, "peak RSS during the job (VmHWM)", "%.1f MiB" % (peak / 1024), "<= 30 MiB", peak <= 30 * 1024)
+        else:
+            self.results.add(section, "peak RSS during the job (VmHWM)", "n/a (worker gone)", "<= 30 MiB", False)
+
+    # -- driver -----------------------------------------------------------------------------
+
+    def run(self):
+        sections = [("throughput", self.throughput), ("checkout", self.checkout),
+                    ("latency", self.latency), ("log", self.log_throughput)]
+        wanted = set(self.args.only.split(",")) if self.args.only else None
+        t0 = time.monotonic()
+        try:
+            print("tworker: %s" % self.tworker)
+            print("temp dir: %s" % self.tmp)
+            self.start_redis()
+            for name, fn in sections:
+                if wanted and name not in wanted:
+                    continue
+                try:
+                    fn()
+                except Exception as e:  # keep going: the other sections still say something
+                    self.results.errors.append("%s: %s" % (name, e))
+                    print("  ERROR in %s: %s" % (name, e), flush=True)
+                    traceback.print_exc()
+                finally:
+                    self.kill_children()
+        finally:
+            self.kill_children()
+            self.stop_redis()
+            if self.args.keep:
+                print("kept %s" % self.tmp)
+            else:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+        print("\n== Summary (%.0f s) ==" % (time.monotonic() - t0))
+        self.results.table()
+        for e in self.results.errors:
+            print("ERROR: " + e)
+        return 1 if self.results.errors else 0
+
+
+def tail(path, n=30):
+    try:
+        with open(path, "rb") as f:
+            return b"\n".join(f.read().splitlines()[-n:]).decode(errors="replace")
+    except OSError:
+        return "(no log)"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tworker", required=True, help="path of the tworker binary (release build)")
+    ap.add_argument("--jobs", type=int, default=500, help="jobs of the throughput section (500)")
+    ap.add_argument("--checkout-jobs", type=int, default=50, help="jobs of the checkout section (50)")
+    ap.add_argument("--latency-jobs", type=int, default=200, help="jobs of the latency section (200)")
+    ap.add_argument("--gap-ms", type=int, default=20, help="ms between enqueues in the latency section (20)")
+    ap.add_argument("--log-mib", type=int, default=64, help="MiB the log job prints (64)")
+    ap.add_argument("--log-timeout", type=int, default=90, help="seconds the log job may take (90)")
+    ap.add_argument("--only", help="comma-separated sections: throughput,checkout,latency,log")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (worker logs, config)")
+    args = ap.parse_args()
+    if not os.access(args.tworker, os.X_OK):
+        ap.error("--tworker %s: not an executable" % args.tworker)
+    if shutil.which("redis-server") is None:
+        ap.error("redis-server is not on PATH (scripts/install-deps installs it)")
+    bench = Bench(args)
+    # SIGTERM/SIGHUP end the run through the same cleanup as Ctrl-C.
+    def interrupted(signum, _frame):
+        raise KeyboardInterrupt("signal %d" % signum)
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGHUP, interrupted)
+    sys.exit(bench.run())
+
+
+if __name__ == "__main__":
+    main()
