@@ -129,7 +129,7 @@ struct CommandLineTests {
         worker.signal(SIGTERM)
         #expect(await worker.waitForExit(timeout: .seconds(15)) == 0, "\(worker.output)")
         let pid = try #require(pid_t(serverPID.trimmingCharacters(in: .whitespacesAndNewlines)))
-        #expect(kill(pid, 0) != 0, "the embedded redis-server was stopped")
+        #expect(processIsGone(pid), "the embedded redis-server was stopped")
 
         let (missingStatus, missingOutput) = try await cli(["enqueue", "--script", "true"], path: "/nonexistent")
         #expect(missingStatus == 1)

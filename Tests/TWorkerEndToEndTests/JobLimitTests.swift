@@ -19,9 +19,7 @@ struct JobLimitTests {
             #expect(log.isFinal)
             let background = try #require(pid_t(try String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
             // Killed, though maybe not yet reaped by whoever inherited it: a zombie counts as gone.
-            let gone = await eventually(timeout: .seconds(5)) {
-                kill(background, 0) != 0 || ((try? String(contentsOfFile: "/proc/\(background)/stat", encoding: .utf8))?.contains(") Z ") ?? true)
-            }
+            let gone = await eventually(timeout: .seconds(5)) { processIsGone(background) }
             #expect(gone, "the build's background process was killed with its group")
         }
     }

@@ -101,3 +101,10 @@ public func eventually(timeout: Duration = .seconds(10), _ condition: () async t
     } while ContinuousClock.now < deadline
     return try await condition()
 }
+
+/// True once `pid` has exited; a zombie nobody has reaped yet counts as exited.
+public func processIsGone(_ pid: pid_t) -> Bool {
+    guard kill(pid, 0) == 0 else { return true }
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return true }
+    return stat[close...].hasPrefix(") Z")
+}
