@@ -19,7 +19,8 @@ struct GlobalOptions: ParsableArguments {
         do {
             return try ConfigLoader(configDir: configDir, env: env, vm: vm, verbose: verbose ? true : nil).load()
         } catch {
-            printError(error.description)
+            // Exactly `file:line: key: problem`, one per line, so editors and scripts can jump to them.
+            FileHandle.standardError.write(Data((error.description + "\n").utf8))
             throw ExitCode(78)
         }
     }
