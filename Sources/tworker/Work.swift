@@ -37,7 +37,7 @@ struct Work: AsyncParsableCommand {
             let provider: any MachineProvider
             switch config.provider {
             case .local: provider = LocalProvider(workspaceRoot: config.local.workspace)
-            case .virtualbox: throw ProviderUnavailable()
+            case .virtualbox: provider = VirtualBoxProvider(config: config, logger: logger)
             }
             var settings = Worker.Settings(config: config, vm: vmName, queue: queue)
             settings.burst = burst
@@ -48,8 +48,4 @@ struct Work: AsyncParsableCommand {
             try await worker.run()
         }
     }
-}
-
-struct ProviderUnavailable: Error, CustomStringConvertible {
-    var description: String { "provider 'virtualbox' is not available in this build yet; use provider: local" }
 }

@@ -6,6 +6,10 @@ import Synchronization
 /// What a worker is doing, as written to its heartbeat record.
 public enum WorkerState: String, Sendable {
     case idle, busy, paused, stopping
+    /// Too many infrastructure errors in a row: the worker takes no jobs until cleared.
+    case broken
+    /// An operator is rebuilding or reprovisioning the VM.
+    case maintenance
 }
 
 /// Keeps `tworker:worker:<host>:<vm>` fresh: refreshed every `heartbeat.interval` and on every
@@ -16,7 +20,7 @@ public final class Heartbeat: Sendable {
     private let vm: String
     private let interval: Int
     private let logger: Logger
-    private let current = Mutex<(state: WorkerState, job: String, since: String)>((.idle, "", Timestamp.now()))
+    private let current = Mutex<(state: WorkerState, job: String, since: String, lastError: String)>((.idle, "", Timestamp.now(), ""))
     private let loop = Mutex<Task<Void, Never>?>(nil)
 
     public init(redis: RedisConnection, keys: RedisKeys, vm: String, interval: Int, logger: Logger) {
@@ -39,8 +43,11 @@ public final class Heartbeat: Sendable {
     }
 
     /// Changes the state and writes it right away.
-    public func update(_ state: WorkerState, job: String = "") async {
-        current.withLock { $0 = (state, job, Timestamp.now()) }
+    public func update(_ state: WorkerState, job: String = "", lastError: String? = nil) async {
+        current.withLock { current in
+            let since = current.state == state && current.job == job ? current.since : Timestamp.now()
+            current = (state, job, since, lastError ?? current.lastError)
+        }
         await beat()
     }
 
@@ -55,7 +62,8 @@ public final class Heartbeat: Sendable {
         let key = keys.worker(vm: vm)
         let commands: [[String]] = [
             ["HSET", key, "state", snapshot.state.rawValue, "pid", String(getpid()), "job", snapshot.job,
-             "since", snapshot.since, "heartbeat_at", Timestamp.now(), "vm", vm, "host", keys.host],
+             "since", snapshot.since, "heartbeat_at", Timestamp.now(), "vm", vm, "host", keys.host,
+             "last_error", snapshot.lastError],
             ["PEXPIRE", key, String(interval * 3 * 1000)],
             ["SADD", RedisKeys.workers, keys.workerMember(vm: vm)],
         ]

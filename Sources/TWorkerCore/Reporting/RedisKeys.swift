@@ -23,6 +23,9 @@ public struct RedisKeys: Sendable {
     public static let events = "tworker:events"
     public func worker(vm: String) -> String { "tworker:worker:\(host):\(vm)" }
     public static let workers = "tworker:workers"
+    /// Present while a worker's VM is quarantined; holds the last error. Deleting it (a
+    /// restart, `tworker vagrant rebuild`) returns the worker to service.
+    public func broken(vm: String) -> String { "tworker:broken:\(host):\(vm)" }
     public func workerMember(vm: String) -> String { "\(host):\(vm)" }
 }
 

@@ -23,6 +23,8 @@ public final class Worker: Sendable {
         public var host: String
         public var namespace: String
         public var maxAttempts: Int
+        /// Infrastructure errors in a row after which the VM is quarantined as `broken`.
+        public var maxConsecutiveFailures: Int = 3
         public var retention: Int
         public var heartbeatInterval: Int
         public var limits: BuildLimits
@@ -51,6 +53,7 @@ public final class Worker: Sendable {
                 heartbeatInterval: config.heartbeat.interval,
                 limits: BuildLimits(hardLimit: .seconds(timeouts.hardLimit), logSilence: .seconds(timeouts.logSilence),
                                     logLength: config.limits.logLength, stageTimeout: { timeouts.stageTimeout($0) }))
+            maxConsecutiveFailures = config.vms.maxConsecutiveFailures
         }
 
         public var worker: String { "\(host):\(vm)" }
@@ -66,6 +69,7 @@ public final class Worker: Sendable {
     let logger: Logger
     private let stop = Mutex<StopRequest>(.none)
     private let currentBuild = Mutex<Task<BuildOutcome, Never>?>(nil)
+    private let consecutiveFailures = Mutex<Int>(0)
 
     public init(settings: Settings, machine: any Machine, redis: RedisConnection, blockingRedis: RedisConnection, logger: Logger) {
         self.settings = settings
@@ -93,10 +97,17 @@ public final class Worker: Sendable {
     public func run() async throws {
         heartbeat.start()
         defer { logger.info("worker stopped", metadata: ["vm": "\(settings.vm)"]) }
+        // A restart is the operator's way to clear a quarantine.
+        _ = try await withRedisRetry(logger: logger, what: "clear quarantine") { try await redis.send(["DEL", keys.broken(vm: settings.vm)]) }
         try await recoverUnfinished()
         logger.info("worker ready", metadata: ["vm": "\(settings.vm)", "queue": "\(queue.queueKey)", "host": "\(settings.host)"])
         await heartbeat.update(.idle)
         while stopRequest == .none {
+            if try await isQuarantined() {
+                if settings.burst { break }
+                try? await Task.sleep(for: settings.fetchBlock)
+                continue
+            }
             let raw: [UInt8]?
             do {
                 raw = try await queue.fetch(block: settings.burst ? nil : settings.fetchBlock)
@@ -118,6 +129,28 @@ public final class Worker: Sendable {
         }
         await heartbeat.update(.stopping)
         await heartbeat.stop()
+    }
+
+    /// While the VM is quarantined the worker takes no jobs; it returns to service once the
+    /// quarantine key is gone.
+    private func isQuarantined() async throws -> Bool {
+        guard consecutiveFailures.withLock({ $0 }) >= settings.maxConsecutiveFailures else { return false }
+        let exists = try await withRedisRetry(logger: logger, what: "check quarantine") { try await redis.send(["EXISTS", keys.broken(vm: settings.vm)]) }
+        if exists.int == 1 { return true }
+        consecutiveFailures.withLock { $0 = 0 }
+        logger.info("quarantine cleared; taking jobs again", metadata: ["vm": "\(settings.vm)"])
+        await heartbeat.update(.idle, lastError: "")
+        return false
+    }
+
+    private func recordInfrastructureFailure(_ message: String) async throws {
+        let count = consecutiveFailures.withLock { value in value += 1; return value }
+        guard count >= settings.maxConsecutiveFailures else { return }
+        logger.error("VM quarantined after \(count) infrastructure errors in a row; restart the worker or rebuild the VM to clear it",
+                     metadata: ["vm": "\(settings.vm)", "last_error": "\(message)"])
+        _ = try await withRedisRetry(logger: logger, what: "quarantine") {
+            try await redis.send(["SET", keys.broken(vm: settings.vm), message])
+        }
     }
 
     private func waitForRedis() async throws {
@@ -203,7 +236,6 @@ public final class Worker: Sendable {
         if let queuedAt = job.queuedAt { received["queued_at"] = queuedAt }
         try await reporter.record(id: id, state: .received, fields: received, event: .received)
         await heartbeat.update(.busy, job: id)
-        defer { Task { [heartbeat] in await heartbeat.update(.idle) } }
         logger.info("job received", metadata: ["job": "\(id)", "attempt": "\(attempt)"])
 
         let log = try await LogStreamer.resuming(redis: redis, key: keys.log(id), retention: settings.retention, logger: logger)
@@ -217,6 +249,11 @@ public final class Worker: Sendable {
         }
         await machine.release()
 
+        if case .infrastructure(let message) = outcome {
+            try await recordInfrastructureFailure(message)
+        } else if case .finished = outcome {
+            consecutiveFailures.withLock { $0 = 0 }
+        }
         switch outcome {
         case .finished(let result, let exitCode, let message):
             if let message { await log.append("\n\n\(message)\n") }
@@ -232,6 +269,9 @@ public final class Worker: Sendable {
                 id: id, state: .requeued, fields: ["error": "worker stopped"], event: .requeued, at: Timestamp.now()))
             logger.info("job requeued: worker stopping", metadata: ["job": "\(id)"])
         }
+        let broken = consecutiveFailures.withLock { $0 } >= settings.maxConsecutiveFailures
+        let lastError: String? = if case .infrastructure(let message) = outcome { message } else { nil }
+        await heartbeat.update(broken ? .broken : .idle, lastError: lastError)
     }
 
     private func runBuild(_ job: QueuedJob, log: LogStreamer) async -> BuildOutcome {

@@ -1,0 +1,172 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// `provider: virtualbox`: worker `worker-N` drives the VM `<vms.name_prefix>worker-N`, reached
+/// over SSH on `ssh.port_base + N`; every job starts from the VM's `sandbox` snapshot.
+public struct VirtualBoxProvider: MachineProvider {
+    public static let sandboxSnapshot = "sandbox"
+
+    public var runner: VBoxManageRunner
+    public var ssh: WorkerConfig.SSH
+    public var startType: String
+    public var bootTimeout: Duration
+    public var stateDir: String
+    public var logger: Logger
+
+    public init(config: WorkerConfig, logger: Logger) {
+        runner = VBoxManageRunner(executable: config.virtualbox.vboxmanage, namePrefix: config.vms.namePrefix,
+                                  timeout: .seconds(config.timeouts.vboxmanage), logger: logger)
+        ssh = config.ssh
+        startType = config.virtualbox.startType
+        bootTimeout = .seconds(config.timeouts.vmBoot)
+        stateDir = config.stateDir
+        self.logger = logger
+    }
+
+    public struct BadWorkerName: Error, CustomStringConvertible {
+        public var name: String
+        public var description: String { "VM name '\(name)' is not worker-N: the virtualbox provider maps worker-N to its SSH port" }
+    }
+
+    /// N in `worker-N`.
+    public static func workerNumber(_ name: String) -> Int? {
+        guard name.hasPrefix("worker-"), let number = Int(name.dropFirst("worker-".count)), number >= 1 else { return nil }
+        return number
+    }
+
+    public func machine(named name: String) throws -> any Machine {
+        guard let number = Self.workerNumber(name) else { throw BadWorkerName(name: name) }
+        let sshDir = (stateDir as NSString).appendingPathComponent("ssh")
+        let target = SSHTarget(user: ssh.user, host: ssh.host, port: ssh.portBase + number, key: ssh.key,
+                               knownHosts: (sshDir as NSString).appendingPathComponent("known_hosts-\(name)"))
+        return VirtualBoxMachine(name: name, vmName: runner.namePrefix + name, runner: runner, target: target,
+                                 startType: startType, bootTimeout: bootTimeout, logger: logger)
+    }
+}
+
+/// One worker VM and the per-job cycle: ready it from `sandbox`, run the build over SSH,
+/// power it off and restore it right away so the next job only needs `startvm`.
+public final class VirtualBoxMachine: Machine {
+    public let name: String
+    public let vmName: String
+    let runner: VBoxManageRunner
+    let target: SSHTarget
+    let startType: String
+    let bootTimeout: Duration
+    let logger: Logger
+    /// True while the VM is known to sit restored from `sandbox` (set by `release`).
+    private let restored = Mutex<Bool>(false)
+
+    init(name: String, vmName: String, runner: VBoxManageRunner, target: SSHTarget, startType: String, bootTimeout: Duration, logger: Logger) {
+        self.name = name
+        self.vmName = vmName
+        self.runner = runner
+        self.target = target
+        self.startType = startType
+        self.bootTimeout = bootTimeout
+        self.logger = logger
+    }
+
+    public var connectionLostStatus: Int32? { 255 }
+
+    public func prepare() async throws {
+        do {
+            guard let info = try await runner.info(vmName) else {
+                throw InfrastructureError("VM \(vmName) does not exist (create it with `tworker vagrant import`)")
+            }
+            try resetKnownHostsIfRecreated(uuid: info.uuid)
+            let alreadyRestored = restored.withLock { value in defer { value = false }; return value }
+            if !(alreadyRestored && (info.state == "saved" || info.state == "poweroff")) {
+                try await powerOffIfRunning(state: info.state)
+                try await restoreSandbox()
+            }
+            try await runner.run(.startVM(vmName, type: startType))
+        } catch let error as VBoxManageError {
+            throw InfrastructureError(error.description)
+        }
+        try await waitForSSH()
+    }
+
+    public func run(script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws -> BuildExit {
+        let command = BuildCommand(executable: "ssh", arguments: target.arguments(remoteCommand: ["bash", "-s"]),
+                                   environment: ProcessInfo.processInfo.environment, standardInput: script)
+        return try await ChildProcess.run(command.resolvingExecutable(), output: output)
+    }
+
+    public func release() async {
+        do {
+            let info = try await runner.info(vmName)
+            try await powerOffIfRunning(state: info?.state)
+            try await restoreSandbox()
+            restored.withLock { $0 = true }
+        } catch {
+            logger.error("could not reset the VM after the job; the next job retries", metadata: ["vm": "\(vmName)", "error": "\(error)"])
+        }
+    }
+
+    private func powerOffIfRunning(state: String?) async throws {
+        guard let state, ["running", "paused", "starting", "stuck", "restoring", "gurumeditation"].contains(state) else { return }
+        do {
+            try await runner.run(.powerOff(vmName))
+        } catch let error as VBoxManageError where error.isNotRunning {
+            return
+        }
+    }
+
+    private func restoreSandbox() async throws {
+        do {
+            try await runner.run(.snapshotRestore(vmName, name: VirtualBoxProvider.sandboxSnapshot))
+        } catch let error as VBoxManageError where error.isRunningState {
+            // The VM came up between our read and the restore: power it off, then restore.
+            try await runner.run(.powerOff(vmName))
+            try await runner.run(.snapshotRestore(vmName, name: VirtualBoxProvider.sandboxSnapshot))
+        }
+    }
+
+    /// Polls SSH with short connect timeouts until it answers or `timeouts.vm_boot` passes.
+    private func waitForSSH() async throws {
+        let deadline = ContinuousClock.now + bootTimeout
+        var lastError = ""
+        var delay: Duration = .milliseconds(20)
+        while ContinuousClock.now < deadline {
+            let probe = BuildCommand(executable: "ssh", arguments: target.arguments(connectTimeout: 2, remoteCommand: ["true"]),
+                                     environment: ProcessInfo.processInfo.environment)
+            let collected = Mutex<[UInt8]>([])
+            let exit = try await ChildProcess.run(probe.resolvingExecutable()) { chunk in collected.withLock { $0 += chunk } }
+            if exit == .exited(0) { return }
+            lastError = String(decoding: collected.withLock { $0 }, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            try await Task.sleep(for: delay)
+            delay = min(delay * 2, .milliseconds(500))
+        }
+        throw InfrastructureError("SSH on \(target.host):\(target.port) did not answer within \(bootTimeout.components.seconds) s (timeouts.vm_boot): \(lastError)")
+    }
+
+    /// A VM re-created under the same name has a new host key: forget the old one.
+    private func resetKnownHostsIfRecreated(uuid: String?) throws {
+        guard let uuid else { return }
+        let files = FileManager.default
+        let directory = (target.knownHosts as NSString).deletingLastPathComponent
+        try files.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let marker = target.knownHosts + ".uuid"
+        let previous = try? String(contentsOfFile: marker, encoding: .utf8)
+        if previous != uuid {
+            try? files.removeItem(atPath: target.knownHosts)
+            try uuid.write(toFile: marker, atomically: true, encoding: .utf8)
+        }
+    }
+}
+
+extension BuildCommand {
+    /// Looks a bare program name up on PATH (swift-subprocess runs paths).
+    func resolvingExecutable() -> BuildCommand {
+        guard !executable.contains("/") else { return self }
+        var copy = self
+        let path = environment["PATH"] ?? ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+        for directory in path.split(separator: ":") where FileManager.default.isExecutableFile(atPath: "\(directory)/\(executable)") {
+            copy.executable = "\(directory)/\(executable)"
+            break
+        }
+        return copy
+    }
+}
