@@ -44,11 +44,18 @@ public final class Heartbeat: Sendable {
 
     /// Changes the state and writes it right away.
     public func update(_ state: WorkerState, job: String = "", lastError: String? = nil) async {
+        _ = transition(to: state, job: job, lastError: lastError)
+        await beat()
+    }
+
+    /// Changes the state and returns the commands that write it, for a caller to send with
+    /// its own (a job's state change and the worker's go in one round trip).
+    public func transition(to state: WorkerState, job: String = "", lastError: String? = nil) -> [[String]] {
         current.withLock { current in
             let since = current.state == state && current.job == job ? current.since : Timestamp.now()
             current = (state, job, since, lastError ?? current.lastError)
         }
-        await beat()
+        return commands()
     }
 
     /// Stops refreshing and removes the record and registration.
@@ -58,20 +65,23 @@ public final class Heartbeat: Sendable {
     }
 
     private func beat() async {
+        do {
+            _ = try await redis.pipeline(commands())
+        } catch {
+            // A missed beat is harmless; the next one retries. Logged at debug to keep an outage's log short.
+            logger.debug("heartbeat not written", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func commands() -> [[String]] {
         let snapshot = current.withLock { $0 }
         let key = keys.worker(vm: vm)
-        let commands: [[String]] = [
+        return [
             ["HSET", key, "state", snapshot.state.rawValue, "pid", String(getpid()), "job", snapshot.job,
              "since", snapshot.since, "heartbeat_at", Timestamp.now(), "vm", vm, "host", keys.host,
              "last_error", snapshot.lastError],
             ["PEXPIRE", key, String(interval * 3 * 1000)],
             ["SADD", RedisKeys.workers, keys.workerMember(vm: vm)],
         ]
-        do {
-            _ = try await redis.pipeline(commands)
-        } catch {
-            // A missed beat is harmless; the next one retries. Logged at debug to keep an outage's log short.
-            logger.debug("heartbeat not written", metadata: ["error": "\(error)"])
-        }
     }
 }

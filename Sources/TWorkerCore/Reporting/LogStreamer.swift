@@ -32,14 +32,16 @@ public actor LogStreamer {
         let last = try await withRedisRetry(logger: logger, what: "read the end of \(key)") {
             try await redis.send(["XREVRANGE", key, "+", "-", "COUNT", "1"])
         }
-        var number = 0
-        if let entry = last.array?.first?.array?.first?.string, let sequence = entry.split(separator: "-").last {
-            number = Int(sequence) ?? 0
-        }
-        return LogStreamer(redis: redis, key: key, retention: retention, logger: logger, lastNumber: number)
+        return LogStreamer(redis: redis, key: key, retention: retention, logger: logger, lastNumber: lastNumber(in: last))
     }
 
-    init(redis: RedisConnection, key: String, retention: Int, logger: Logger, lastNumber: Int) {
+    /// The `n` of the newest entry in an `XREVRANGE key + - COUNT 1` reply (0 for none).
+    public static func lastNumber(in reply: RedisReply) -> Int {
+        guard let entry = reply.array?.first?.array?.first?.string, let sequence = entry.split(separator: "-").last else { return 0 }
+        return Int(sequence) ?? 0
+    }
+
+    public init(redis: RedisConnection, key: String, retention: Int, logger: Logger, lastNumber: Int) {
         self.redis = redis
         self.key = key
         self.retention = retention
@@ -60,12 +62,15 @@ public actor LogStreamer {
 
     /// Writes everything still buffered and the closing `final` entry; later appends are ignored.
     public func finish() async {
-        await drain()
+        timer?.cancel()
+        timer = nil
+        while let flight = inFlight { await flight.value }
         finished = true
-        let number = nextNumber
+        // What is left, the closing entry and the expiry: one round trip.
+        var entries = takeEntries().map { (number: $0.0, data: $0.1, final: false) }
+        entries.append((nextNumber, nil, true))
         nextNumber += 1
-        await write([(number, nil)], final: true)
-        await expire()
+        await write(entries, expire: true)
     }
 
     /// Writes everything buffered without closing the log (used before a requeue).
@@ -97,6 +102,15 @@ public actor LogStreamer {
         guard inFlight == nil, !buffer.isEmpty else { return }
         timer?.cancel()
         timer = nil
+        let entries = takeEntries().map { (number: $0.0, data: $0.1, final: false) }
+        inFlight = Task {
+            await self.write(entries, expire: false)
+            self.flushCompleted()
+        }
+    }
+
+    /// Numbers and cuts the buffered output into entries, emptying the buffer.
+    private func takeEntries() -> [(Int, [UInt8]?)] {
         var entries: [(Int, [UInt8]?)] = []
         var start = 0
         while start < buffer.count {
@@ -107,10 +121,7 @@ public actor LogStreamer {
         }
         buffer.removeAll(keepingCapacity: buffer.count <= Self.maxEntrySize)
         oldestBufferedAt = nil
-        inFlight = Task {
-            await self.write(entries, final: false)
-            self.flushCompleted()
-        }
+        return entries
     }
 
     private func flushCompleted() {
@@ -133,16 +144,17 @@ public actor LogStreamer {
         return end
     }
 
-    private func write(_ entries: [(Int, [UInt8]?)], final: Bool) async {
+    private func write(_ entries: [(number: Int, data: [UInt8]?, final: Bool)], expire: Bool) async {
         let key = Array(self.key.utf8)
-        let commands: [[[UInt8]]] = entries.map { number, data in
-            var command: [[UInt8]] = [Array("XADD".utf8), key, Array("0-\(number)".utf8), Array("n".utf8), Array(String(number).utf8)]
-            if let data { command += [Array("data".utf8), data] }
-            if final { command += [Array("final".utf8), Array("1".utf8)] }
+        var commands: [[[UInt8]]] = entries.map { entry in
+            var command: [[UInt8]] = [Array("XADD".utf8), key, Array("0-\(entry.number)".utf8), Array("n".utf8), Array(String(entry.number).utf8)]
+            if let data = entry.data { command += [Array("data".utf8), data] }
+            if entry.final { command += [Array("final".utf8), Array("1".utf8)] }
             return command
         }
+        if expire { commands.append([Array("EXPIRE".utf8), key, Array(String(retention).utf8)]) }
         do {
-            let replies = try await withRedisRetry(logger: logger, what: "write the log \(self.key)") { @Sendable [redis] in
+            let replies = try await withRedisRetry(logger: logger, what: "write the log \(self.key)") { @Sendable [redis, commands] in
                 try await redis.pipeline(bytes: commands)
             }
             for case .error(let message) in replies where !message.contains("equal or smaller") {
@@ -154,10 +166,4 @@ public actor LogStreamer {
         }
     }
 
-    private func expire() async {
-        let command = ["EXPIRE", key, String(retention)]
-        _ = try? await withRedisRetry(logger: logger, what: "expire \(key)") { @Sendable [redis] in
-            try await redis.send(command)
-        }
-    }
 }

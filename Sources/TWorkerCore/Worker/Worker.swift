@@ -219,26 +219,29 @@ public final class Worker: Sendable {
     private func run(_ job: QueuedJob, raw: [UInt8]) async throws {
         let id = job.payload.id
         let attempt = job.attempts + 1
+        // One round trip for what this attempt needs to know: a job id that already finished
+        // (a rerun) starts a fresh log; otherwise the log continues where the last attempt ended.
+        let known = try await withRedisRetry(logger: logger, what: "read job \(id)") {
+            try await redis.pipeline([["HGET", keys.job(id), "state"], ["XREVRANGE", keys.log(id), "+", "-", "COUNT", "1"]])
+        }
+        let rerun = known.first?.string.flatMap(JobState.init(rawValue:))?.isFinal ?? false
+        let log = LogStreamer(redis: redis, key: keys.log(id), retention: settings.retention, logger: logger,
+                              lastNumber: rerun ? 0 : LogStreamer.lastNumber(in: known.last ?? .null))
         if attempt > settings.maxAttempts {
-            let log = try await LogStreamer.resuming(redis: redis, key: keys.log(id), retention: settings.retention, logger: logger)
             let reason = "The job already used its \(settings.maxAttempts) attempts."
             await log.append("\n\(reason)\n")
             await finish(job, raw: raw, result: .errored, exitCode: nil, error: reason, log: log)
             return
         }
-        // A job id run before (a rerun) starts a fresh log.
-        let previous = try await withRedisRetry(logger: logger, what: "read job \(id)") { try await redis.send(["HGET", keys.job(id), "state"]) }
-        if let state = previous.string.flatMap(JobState.init(rawValue:)), state.isFinal {
-            _ = try await withRedisRetry(logger: logger, what: "reset log \(id)") { try await redis.send(["DEL", keys.log(id)]) }
-        }
         var received = ["attempts": String(attempt), "worker": settings.worker, "vm": settings.vm, "host": settings.host,
                         "received_at": Timestamp.now(), "error": "", "exit_code": "", "finished_at": ""]
         if let queuedAt = job.queuedAt { received["queued_at"] = queuedAt }
-        try await reporter.record(id: id, state: .received, fields: received, event: .received)
-        await heartbeat.update(.busy, job: id)
+        var commands = rerun ? [["DEL", keys.log(id)]] : []
+        commands += reporter.stateCommands(id: id, state: .received, fields: received, event: .received, at: Timestamp.now())
+        commands += heartbeat.transition(to: .busy, job: id)
+        _ = try await withRedisRetry(logger: logger, what: "record job \(id) received") { [commands] in try await redis.pipeline(commands) }
         logger.info("job received", metadata: ["job": "\(id)", "attempt": "\(attempt)"])
 
-        let log = try await LogStreamer.resuming(redis: redis, key: keys.log(id), retention: settings.retention, logger: logger)
         let outcome: BuildOutcome
         do {
             try await machine.prepare()
@@ -247,31 +250,33 @@ public final class Worker: Sendable {
         } catch let error as InfrastructureError {
             outcome = .infrastructure(error.message)
         }
-        await machine.release()
 
         if case .infrastructure(let message) = outcome {
             try await recordInfrastructureFailure(message)
         } else if case .finished = outcome {
             consecutiveFailures.withLock { $0 = 0 }
         }
+        let broken = consecutiveFailures.withLock { $0 } >= settings.maxConsecutiveFailures
+        let lastError: String? = if case .infrastructure(let message) = outcome { message } else { nil }
+        // The worker's own state changes in the same transaction as the job's.
+        let afterwards = heartbeat.transition(to: broken ? .broken : .idle, lastError: lastError)
         switch outcome {
         case .finished(let result, let exitCode, let message):
             if let message { await log.append("\n\n\(message)\n") }
             await log.append("\nDone. Your build exited with \(exitCode) (\(result.rawValue)).\n")
-            await finish(job, raw: raw, result: result, exitCode: exitCode, error: message, log: log)
+            await finish(job, raw: raw, result: result, exitCode: exitCode, error: message, log: log, with: afterwards)
         case .infrastructure(let message):
             await log.append("\n\nThe machine \(settings.vm) failed: \(message)\n")
-            try await retryElsewhere(job, raw: raw, reason: message, log: log)
+            try await retryElsewhere(job, raw: raw, reason: message, log: log, with: afterwards)
         case .interrupted:
             await log.append("\n\nThe worker is stopping; the build was stopped and the job put back at the head of the queue.\n")
             await log.drain()
             try await queue.requeue(raw, as: raw, with: reporter.stateCommands(
-                id: id, state: .requeued, fields: ["error": "worker stopped"], event: .requeued, at: Timestamp.now()))
+                id: id, state: .requeued, fields: ["error": "worker stopped"], event: .requeued, at: Timestamp.now()) + afterwards)
             logger.info("job requeued: worker stopping", metadata: ["job": "\(id)"])
         }
-        let broken = consecutiveFailures.withLock { $0 } >= settings.maxConsecutiveFailures
-        let lastError: String? = if case .infrastructure(let message) = outcome { message } else { nil }
-        await heartbeat.update(broken ? .broken : .idle, lastError: lastError)
+        // Reported first, cleaned up after: the job's result does not wait for the VM's reset.
+        await machine.release()
     }
 
     private func runBuild(_ job: QueuedJob, log: LogStreamer) async -> BuildOutcome {
@@ -296,18 +301,19 @@ public final class Worker: Sendable {
 
     /// An infrastructure failure: back to the head of the queue with one attempt more, or
     /// `errored` once the attempts are used up, so a broken machine never loops a job forever.
-    private func retryElsewhere(_ job: QueuedJob, raw: [UInt8], reason: String, log: LogStreamer) async throws {
+    private func retryElsewhere(_ job: QueuedJob, raw: [UInt8], reason: String, log: LogStreamer, with extra: [[String]]) async throws {
         let attempts = job.attempts + 1
         if attempts >= settings.maxAttempts {
             let message = "Infrastructure error on attempt \(attempts) of \(settings.maxAttempts): \(reason)"
             await log.append("\(message)\nDone. The job errored.\n")
-            await finish(job, raw: raw, result: .errored, exitCode: nil, error: message, log: log)
+            await finish(job, raw: raw, result: .errored, exitCode: nil, error: message, log: log, with: extra)
             return
         }
         await log.append("The job was requeued (attempt \(attempts + 1) of \(settings.maxAttempts)).\n")
         await log.drain()
         try await queue.requeue(raw, as: job.withAttempts(attempts), with: reporter.stateCommands(
-            id: job.payload.id, state: .requeued, fields: ["attempts": String(attempts), "error": reason], event: .requeued, at: Timestamp.now()))
+            id: job.payload.id, state: .requeued, fields: ["attempts": String(attempts), "error": reason], event: .requeued, at: Timestamp.now()) + extra)
+        logger.warning("job requeued after an infrastructure error", metadata: ["job": "\(job.payload.id)", "attempts": "\(attempts)", "error": "\(reason)"])
     }
 
     private func putBack(_ raw: [UInt8], reason: String) async throws {
@@ -320,7 +326,8 @@ public final class Worker: Sendable {
 
     /// Closes the log, then writes the final state and drops the job from the processing list
     /// in one transaction (retried until Redis takes it).
-    private func finish(_ job: QueuedJob, raw: [UInt8], result: BuildResult, exitCode: Int32?, error: String?, log: LogStreamer) async {
+    private func finish(_ job: QueuedJob, raw: [UInt8], result: BuildResult, exitCode: Int32?, error: String?, log: LogStreamer,
+                        with extra: [[String]] = []) async {
         await log.finish()
         let id = job.payload.id
         let state: JobState = switch result { case .passed: .passed; case .failed: .failed; case .errored: .errored }
@@ -329,6 +336,7 @@ public final class Worker: Sendable {
             fields: ["finished_at": Timestamp.now(), "exit_code": exitCode.map(String.init) ?? "", "error": error ?? ""],
             event: .finished, at: Timestamp.now())
         commands.append(["INCR", keys.processedCount])
+        commands += extra
         do {
             try await queue.complete(raw, with: commands)
             logger.info("job finished", metadata: ["job": "\(id)", "result": "\(result.rawValue)", "exit_code": "\(exitCode.map(String.init) ?? "-")"])
