@@ -25,6 +25,7 @@ struct Work: AsyncParsableCommand {
     var burst = false
 
     func run() async throws {
+        MemoryTuning.apply()
         let config = try global.load(vm: vm).config
         let vmName = config.vm ?? "worker-1"
         guard vmName.range(of: "^[A-Za-z0-9_.-]{1,64}$", options: .regularExpression) != nil else {

@@ -27,7 +27,7 @@ public struct LocalMachine: Machine {
         do {
             // Moving the old workspace aside is one rename; deleting a large checkout takes
             // milliseconds to seconds, so that happens on a thread of its own while the job runs.
-            if files.fileExists(atPath: workspace) {
+            if files.fileExists(atPath: workspace), !Self.isEmptyDirectory(workspace) {
                 let trash = workspace + ".trash-" + UUID().uuidString
                 try files.moveItem(atPath: workspace, toPath: trash)
                 Thread.detachNewThread { try? FileManager.default.removeItem(atPath: trash) }
@@ -36,6 +36,16 @@ public struct LocalMachine: Machine {
         } catch {
             throw InfrastructureError("cannot reset workspace \(workspace): \(error.localizedDescription)")
         }
+    }
+
+    static func isEmptyDirectory(_ path: String) -> Bool {
+        guard let directory = opendir(path) else { return false }
+        defer { closedir(directory) }
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { return false }
+        }
+        return true
     }
 
     public func run(script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws -> BuildExit {

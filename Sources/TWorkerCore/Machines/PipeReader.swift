@@ -17,7 +17,7 @@ final class PipeReader: Sendable {
         var finished = false
     }
 
-    init(fd: Int32, chunkSize: Int = 64 * 1024) {
+    init(fd: Int32, chunkSize: Int = 32 * 1024) {
         self.fd = fd
         self.chunkSize = chunkSize
         let thread = Thread { [self] in self.loop() }

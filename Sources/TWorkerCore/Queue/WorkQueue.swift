@@ -70,6 +70,11 @@ public struct WorkQueue: Sendable {
         try await commitRemoving(raw, commands: commands.map(Self.bytes))
     }
 
+    /// The same with binary-safe commands (log entries).
+    public func complete(_ raw: [UInt8], with commands: [[[UInt8]]]) async throws {
+        try await commitRemoving(raw, commands: commands)
+    }
+
     /// Runs `commands` and removes `raw` from the processing list in one transaction.
     ///
     /// If the connection drops before the reply arrives the transaction may or may not have run;
@@ -91,5 +96,5 @@ public struct WorkQueue: Sendable {
         }
     }
 
-    static func bytes(_ command: [String]) -> [[UInt8]] { command.map { Array($0.utf8) } }
+    public static func bytes(_ command: [String]) -> [[UInt8]] { command.map { Array($0.utf8) } }
 }

@@ -14,7 +14,7 @@ public actor LogStreamer {
     public static let flushThreshold = 4096
     public static let flushInterval: Duration = .milliseconds(200)
     static let maxEntrySize = 16 * 1024
-    static let maxBuffered = 1 << 20
+    static let maxBuffered = 128 * 1024
 
     private let redis: RedisConnection
     private let key: String
@@ -62,15 +62,21 @@ public actor LogStreamer {
 
     /// Writes everything still buffered and the closing `final` entry; later appends are ignored.
     public func finish() async {
+        let commands = await closingCommands()
+        await send(commands)
+    }
+
+    /// Closes the log and returns, instead of sending, the commands that write what is left,
+    /// the `final` entry and the expiry, so a caller can put them in its own transaction.
+    public func closingCommands() async -> [[[UInt8]]] {
         timer?.cancel()
         timer = nil
         while let flight = inFlight { await flight.value }
         finished = true
-        // What is left, the closing entry and the expiry: one round trip.
         var entries = takeEntries().map { (number: $0.0, data: $0.1, final: false) }
         entries.append((nextNumber, nil, true))
         nextNumber += 1
-        await write(entries, expire: true)
+        return commands(for: entries, expire: true)
     }
 
     /// Writes everything buffered without closing the log (used before a requeue).
@@ -145,6 +151,10 @@ public actor LogStreamer {
     }
 
     private func write(_ entries: [(number: Int, data: [UInt8]?, final: Bool)], expire: Bool) async {
+        await send(commands(for: entries, expire: expire))
+    }
+
+    private func commands(for entries: [(number: Int, data: [UInt8]?, final: Bool)], expire: Bool) -> [[[UInt8]]] {
         let key = Array(self.key.utf8)
         var commands: [[[UInt8]]] = entries.map { entry in
             var command: [[UInt8]] = [Array("XADD".utf8), key, Array("0-\(entry.number)".utf8), Array("n".utf8), Array(String(entry.number).utf8)]
@@ -153,6 +163,10 @@ public actor LogStreamer {
             return command
         }
         if expire { commands.append([Array("EXPIRE".utf8), key, Array(String(retention).utf8)]) }
+        return commands
+    }
+
+    private func send(_ commands: [[[UInt8]]]) async {
         do {
             let replies = try await withRedisRetry(logger: logger, what: "write the log \(self.key)") { @Sendable [redis, commands] in
                 try await redis.pipeline(bytes: commands)

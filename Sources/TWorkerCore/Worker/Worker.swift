@@ -239,15 +239,26 @@ public final class Worker: Sendable {
         var commands = rerun ? [["DEL", keys.log(id)]] : []
         commands += reporter.stateCommands(id: id, state: .received, fields: received, event: .received, at: Timestamp.now())
         commands += heartbeat.transition(to: .busy, job: id)
-        _ = try await withRedisRetry(logger: logger, what: "record job \(id) received") { [commands] in try await redis.pipeline(commands) }
         logger.info("job received", metadata: ["job": "\(id)", "attempt": "\(attempt)"])
-
-        let outcome: BuildOutcome
+        // The machine gets ready while Redis records the job as received.
+        async let receivedWritten = withRedisRetry(logger: logger, what: "record job \(id) received") { [redis, commands] in
+            try await redis.pipeline(commands)
+        }
+        let prepared: Result<Void, InfrastructureError>
         do {
             try await machine.prepare()
+            prepared = .success(())
+        } catch let error as InfrastructureError {
+            prepared = .failure(error)
+        }
+        _ = try await receivedWritten
+
+        let outcome: BuildOutcome
+        switch prepared {
+        case .success:
             try await reporter.record(id: id, state: .started, fields: ["started_at": Timestamp.now()], event: .started)
             outcome = await runBuild(job, log: log)
-        } catch let error as InfrastructureError {
+        case .failure(let error):
             outcome = .infrastructure(error.message)
         }
 
@@ -328,7 +339,8 @@ public final class Worker: Sendable {
     /// in one transaction (retried until Redis takes it).
     private func finish(_ job: QueuedJob, raw: [UInt8], result: BuildResult, exitCode: Int32?, error: String?, log: LogStreamer,
                         with extra: [[String]] = []) async {
-        await log.finish()
+        // The log's last entries and its `final` marker go in the same transaction as the state.
+        let closing = await log.closingCommands()
         let id = job.payload.id
         let state: JobState = switch result { case .passed: .passed; case .failed: .failed; case .errored: .errored }
         var commands = reporter.stateCommands(
@@ -338,7 +350,7 @@ public final class Worker: Sendable {
         commands.append(["INCR", keys.processedCount])
         commands += extra
         do {
-            try await queue.complete(raw, with: commands)
+            try await queue.complete(raw, with: closing + commands.map(WorkQueue.bytes))
             logger.info("job finished", metadata: ["job": "\(id)", "result": "\(result.rawValue)", "exit_code": "\(exitCode.map(String.init) ?? "-")"])
         } catch {
             logger.error("could not record the end of job \(id); it stays in the processing list", metadata: ["error": "\(error)"])
