@@ -88,7 +88,11 @@ struct TestHost: Sendable {
         adjust(&settings)
         var logger = Logger(label: "test-worker")
         logger.logLevel = .warning
-        return Worker(settings: settings, machine: try LocalProvider(workspaceRoot: config.local.workspace).machine(named: vm),
+        let provider: any MachineProvider = switch config.provider {
+        case .local: LocalProvider(workspaceRoot: config.local.workspace)
+        case .virtualbox: VirtualBoxProvider(config: config, logger: logger)
+        }
+        return Worker(settings: settings, machine: try provider.machine(named: vm),
                       redis: RedisConnection(endpoint: redisServer.endpoint), blockingRedis: RedisConnection(endpoint: redisServer.endpoint),
                       logger: logger)
     }

@@ -74,7 +74,7 @@ public enum BuildRun {
                     continue
                 case .exited(let exit):
                     group.cancelAll()
-                    return classify(exit: exit, violation: violation, monitor: monitor, connectionLost: machine.connectionLostStatus)
+                    return classify(exit: exit, violation: violation, monitor: monitor)
                 case .infrastructure(let message):
                     group.cancelAll()
                     if let violation { return .finished(.errored, exitCode: -1, message: violation) }
@@ -94,7 +94,7 @@ public enum BuildRun {
         case watchdogStopped
     }
 
-    static func classify(exit: BuildExit, violation: String?, monitor: OutputMonitor, connectionLost: Int32? = nil) -> BuildOutcome {
+    static func classify(exit: BuildExit, violation: String?, monitor: OutputMonitor) -> BuildOutcome {
         let code: Int32
         switch exit {
         case .exited(let status): code = status
@@ -109,10 +109,6 @@ public enum BuildRun {
             return .finished(.errored, exitCode: code, message: violation)
         }
         if Task.isCancelled { return .interrupted }
-        // ssh's 255 is the build's own status only if the script itself said so.
-        if case .exited(let status) = exit, status == connectionLost, scriptResult != status {
-            return .infrastructure("the connection to the machine was lost (exit \(status)) while the build ran")
-        }
         switch exit {
         case .exited(0): return .finished(.passed, exitCode: 0, message: nil)
         // Reaching `script` makes a non-zero exit the build's own failure, even when a command

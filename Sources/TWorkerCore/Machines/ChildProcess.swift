@@ -25,53 +25,55 @@ public struct BuildCommand: Sendable, Equatable {
     }
 }
 
-/// Runs a build command in its own session, streaming merged output, and kills its whole
+/// Runs a build command in its own session, streaming its output, and kills its whole
 /// process group when it ends or is cancelled so nothing the build started survives.
 public enum ChildProcess {
-    public static func run(_ command: BuildCommand, output: @escaping @Sendable ([UInt8]) async -> Void) async throws -> BuildExit {
-        var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { throw InfrastructureError("pipe() failed: errno \(errno)") }
-        let readEnd = fds[0], writeEnd = fds[1]
-        _ = fcntl(readEnd, F_SETFD, FD_CLOEXEC)
-        let reader = PipeReader(fd: readEnd)
+    /// Runs `command` with stdout and stderr merged into `output`, or, when `errorOutput` is
+    /// given, with stderr delivered there separately (ssh reports its own failures on it).
+    public static func run(_ command: BuildCommand, output: @escaping @Sendable ([UInt8]) async -> Void,
+                           errorOutput: (@Sendable ([UInt8]) async -> Void)? = nil) async throws -> BuildExit {
+        let outputPipe = try Pipe.make()
+        let errorPipe = try errorOutput.map { _ in try Pipe.make() }
+        let outputReader = PipeReader(fd: outputPipe.read)
+        let errorReader = errorPipe.map { PipeReader(fd: $0.read) }
         let processGroup = Mutex<pid_t?>(nil)
 
         var options = PlatformOptions()
         options.createSession = true
-        let environment = Environment.custom(Dictionary(uniqueKeysWithValues: command.environment.map {
-            (Environment.Key(rawValue: $0.key)!, $0.value)
-        }))
-        let workingDirectory = command.workingDirectory.map { FilePath($0) }
+        let spawn = Spawn(command: command, options: options, outputFD: outputPipe.write, errorFD: errorPipe?.write)
 
         @Sendable func killGroup() {
             if let pid = processGroup.withLock({ $0 }) { kill(-pid, SIGKILL) }
         }
 
         return try await withTaskCancellationHandler {
-            async let drained: Void = {
-                while let chunk = await reader.next() { await output(chunk) }
+            async let drainedOutput: Void = { while let chunk = await outputReader.next() { await output(chunk) } }()
+            async let drainedErrors: Void = {
+                guard let errorReader, let errorOutput else { return }
+                while let chunk = await errorReader.next() { await errorOutput(chunk) }
             }()
             let status: TerminationStatus
             do {
-                let input: InputMethodChoice = command.standardInput.map { .text($0) } ?? .none
-                status = try await input.run(command, environment: environment, workingDirectory: workingDirectory,
-                                             options: options, writeEnd: writeEnd) { pid in
+                status = try await spawn.run { pid in
                     processGroup.withLock { $0 = pid }
                     // Cancellation may have arrived before the pid was known.
                     if Task.isCancelled { kill(-pid, SIGKILL) }
                 }
             } catch {
-                // Once spawned, Subprocess has closed our write end; before that it is ours to close.
-                if processGroup.withLock({ $0 }) == nil { close(writeEnd) }
+                // Once spawned, Subprocess has closed our write ends; before that they are ours to close.
+                if processGroup.withLock({ $0 }) == nil {
+                    close(outputPipe.write)
+                    if let errorPipe { close(errorPipe.write) }
+                }
                 killGroup()
-                await drained
+                _ = await (drainedOutput, drainedErrors)
                 if Task.isCancelled { return .signaled(SIGKILL) }
                 throw InfrastructureError("could not start \(command.executable): \(error)")
             }
             // The script is done: whatever it left running in its group goes too, which also
-            // closes the pipe's last write ends so the reader sees end of file.
+            // closes the pipes' last write ends so the readers see end of file.
             killGroup()
-            await drained
+            _ = await (drainedOutput, drainedErrors)
             switch status {
             case .exited(let code): return .exited(code)
             case .signaled(let signal): return .signaled(signal)
@@ -81,26 +83,55 @@ public enum ChildProcess {
         }
     }
 
-    private enum InputMethodChoice {
-        case none
-        case text(String)
+    private struct Pipe {
+        var read: Int32
+        var write: Int32
 
-        func run(_ command: BuildCommand, environment: Environment, workingDirectory: FilePath?,
-                 options: PlatformOptions, writeEnd: Int32, started: @escaping @Sendable (pid_t) -> Void) async throws -> TerminationStatus {
-            let output = FileDescriptorOutput.fileDescriptor(FileDescriptor(rawValue: writeEnd), closeAfterSpawningProcess: true)
-            switch self {
-            case .none:
-                return try await Subprocess.run(
-                    .path(FilePath(command.executable)), arguments: Arguments(command.arguments),
-                    environment: environment, workingDirectory: workingDirectory, platformOptions: options,
-                    input: .none, output: output, error: .combinedWithOutput
-                ) { execution in started(execution.processIdentifier.value) }.terminationStatus
-            case .text(let text):
-                return try await Subprocess.run(
-                    .path(FilePath(command.executable)), arguments: Arguments(command.arguments),
-                    environment: environment, workingDirectory: workingDirectory, platformOptions: options,
-                    input: .string(text), output: output, error: .combinedWithOutput
-                ) { execution in started(execution.processIdentifier.value) }.terminationStatus
+        static func make() throws -> Pipe {
+            var fds: [Int32] = [0, 0]
+            guard pipe(&fds) == 0 else { throw InfrastructureError("pipe() failed: errno \(errno)") }
+            _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
+            return Pipe(read: fds[0], write: fds[1])
+        }
+    }
+
+    /// The Subprocess call, spelled out per input and error choice (their types are generic).
+    private struct Spawn: Sendable {
+        var command: BuildCommand
+        var options: PlatformOptions
+        var outputFD: Int32
+        var errorFD: Int32?
+
+        func run(started: @escaping @Sendable (pid_t) -> Void) async throws -> TerminationStatus {
+            let executable = Executable.path(FilePath(command.executable))
+            let arguments = Arguments(command.arguments)
+            let environment = Environment.custom(Dictionary(uniqueKeysWithValues: command.environment.map {
+                (Environment.Key(rawValue: $0.key)!, $0.value)
+            }))
+            let directory = command.workingDirectory.map { FilePath($0) }
+            let output = FileDescriptorOutput.fileDescriptor(FileDescriptor(rawValue: outputFD), closeAfterSpawningProcess: true)
+            let errorOutput = errorFD.map { FileDescriptorOutput.fileDescriptor(FileDescriptor(rawValue: $0), closeAfterSpawningProcess: true) }
+            switch (command.standardInput, errorOutput) {
+            case (nil, nil):
+                return try await Subprocess.run(executable, arguments: arguments, environment: environment, workingDirectory: directory,
+                                                platformOptions: options, input: .none, output: output, error: .combinedWithOutput) {
+                    started($0.processIdentifier.value)
+                }.terminationStatus
+            case (let text?, nil):
+                return try await Subprocess.run(executable, arguments: arguments, environment: environment, workingDirectory: directory,
+                                                platformOptions: options, input: .string(text), output: output, error: .combinedWithOutput) {
+                    started($0.processIdentifier.value)
+                }.terminationStatus
+            case (nil, let errors?):
+                return try await Subprocess.run(executable, arguments: arguments, environment: environment, workingDirectory: directory,
+                                                platformOptions: options, input: .none, output: output, error: errors) {
+                    started($0.processIdentifier.value)
+                }.terminationStatus
+            case (let text?, let errors?):
+                return try await Subprocess.run(executable, arguments: arguments, environment: environment, workingDirectory: directory,
+                                                platformOptions: options, input: .string(text), output: output, error: errors) {
+                    started($0.processIdentifier.value)
+                }.terminationStatus
             }
         }
     }

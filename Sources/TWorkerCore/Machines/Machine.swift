@@ -30,13 +30,6 @@ public protocol Machine: Sendable {
     func run(script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws -> BuildExit
     /// Leaves the machine ready for the next job; must not throw.
     func release() async
-    /// The exit status meaning "the connection to the machine was lost" rather than the build's
-    /// own result (ssh's 255), or nil when there is no such status.
-    var connectionLostStatus: Int32? { get }
-}
-
-extension Machine {
-    public var connectionLostStatus: Int32? { nil }
 }
 
 /// Makes the machine a worker serves from its VM name.

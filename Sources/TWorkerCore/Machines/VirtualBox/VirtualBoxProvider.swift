@@ -68,8 +68,6 @@ public final class VirtualBoxMachine: Machine {
         self.logger = logger
     }
 
-    public var connectionLostStatus: Int32? { 255 }
-
     public func prepare() async throws {
         do {
             guard let info = try await runner.info(vmName) else {
@@ -89,9 +87,29 @@ public final class VirtualBoxMachine: Machine {
     }
 
     public func run(script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws -> BuildExit {
-        let command = BuildCommand(executable: "ssh", arguments: target.arguments(remoteCommand: ["bash", "-s"]),
+        // The build's own output (stderr merged into stdout by the script) comes on stdout; the
+        // guest-side wrapper reports the script's exit status on stderr, where ssh also reports
+        // its own failures. No status line means ssh's 255 was the connection, not the build.
+        let token = "tworker-exit-" + UUID().uuidString.prefix(8).lowercased()
+        let remote = "bash -s; status=$?; echo \(token):$status >&2; exit $status"
+        let command = BuildCommand(executable: "ssh", arguments: target.arguments(remoteCommand: [remote]),
                                    environment: ProcessInfo.processInfo.environment, standardInput: script)
-        return try await ChildProcess.run(command.resolvingExecutable(), output: output)
+        let errors = Mutex<[UInt8]>([])
+        let exit = try await ChildProcess.run(command.resolvingExecutable(), output: output) { chunk in
+            errors.withLock { if $0.count < 65536 { $0 += chunk } }
+        }
+        let stderr = String(decoding: errors.withLock { $0 }, as: UTF8.self)
+        if let reported = Self.reportedStatus(in: stderr, token: token) { return .exited(reported) }
+        if case .exited(255) = exit {
+            let detail = stderr.trimmingCharacters(in: .whitespacesAndNewlines)
+            throw InfrastructureError("the connection to the machine was lost (ssh exit 255)" + (detail.isEmpty ? "" : ": \(detail)"))
+        }
+        return exit
+    }
+
+    static func reportedStatus(in stderr: String, token: String) -> Int32? {
+        guard let line = stderr.split(separator: "\n").last(where: { $0.hasPrefix(token + ":") }) else { return nil }
+        return Int32(line.dropFirst(token.count + 1))
     }
 
     public func release() async {
