@@ -13,6 +13,8 @@ ran (goals may still be missed), 1 when a section could not run, 2 on a usage er
 """
 
 import argparse
+import getpass
+import json
 import datetime as dt
 import os
 import shutil
@@ -321,7 +323,7 @@ class Bench:
             f.write("\n".join(lines) + "\n")
         return cdir
 
-    def spawn_worker(self, cdir, burst):
+    def spawn_worker(self, cdir, burst, env=None):
         self.run_no += 1
         log_path = os.path.join(self.tmp, "worker-%d.log" % self.run_no)
         cmd = [self.tworker, "work", "--env", ENV, "--config-dir", cdir, "--vm", VM]
@@ -329,16 +331,16 @@ class Bench:
             cmd.append("--burst")
         logf = open(log_path, "wb")
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                             env=self.worker_env, cwd=self.tmp)
+                             env=env or self.worker_env, cwd=self.tmp)
         logf.close()
         p.log_path = log_path
         self.children.append(p)
         return p
 
-    def run_burst(self, cdir):
+    def run_burst(self, cdir, env=None):
         """Runs `work --burst` to completion; returns (wall seconds, exit code, max RSS KiB, log path)."""
         t0 = time.monotonic()
-        p = self.spawn_worker(cdir, burst=True)
+        p = self.spawn_worker(cdir, burst=True, env=env)
         try:
             code, maxrss = reap(p, self.args.burst_timeout)
         finally:
@@ -737,9 +739,109 @@ class Bench:
 
     # -- driver -----------------------------------------------------------------------------
 
+    def virtualbox(self):
+        """Jobs on the fake VBoxManage (real sshd guests): tworker's own cost per job on top of
+        the fake's simulated resume delay and the time spent inside VBoxManage itself."""
+        print("\n== 5. VirtualBox provider on the fake VBoxManage ==", flush=True)
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        fake = os.path.join(repo, "Tests", "Fixtures", "fakes", "VBoxManage")
+        if shutil.which("sshd") is None and not os.path.exists("/usr/sbin/sshd"):
+            raise RuntimeError("sshd is not installed (openssh-server); scripts/install-deps installs it")
+        home = os.path.join(self.tmp, "fakevbox")
+        os.makedirs(home)
+        key = os.path.join(home, "id_ed25519")
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True, stdin=subprocess.DEVNULL)
+        shutil.copy(key + ".pub", os.path.join(home, "authorized_keys"))
+        resume_delay, boot_delay = 0.1, 0.5
+        with open(os.path.join(home, "settings.json"), "w") as f:
+            json.dump({"resume_delay": resume_delay, "boot_delay": boot_delay, "lock_window": 0.2}, f)
+        env = dict(self.worker_env, FAKE_VBOX_HOME=home)
+        port_base = free_port() - 1
+        prefix = "tworker-bench-"
+        try:
+            subprocess.run([fake, "__fake", "create", prefix + VM, "--port", str(port_base + int(VM.split("-")[1])),
+                            "--snapshot", "sandbox", "--online"], check=True, env=env, stdout=subprocess.DEVNULL)
+            cdir = self.write_config("vbox")
+            with open(os.path.join(cdir, "worker.yml"), "w") as f:
+                f.write("\n".join([
+                    "provider: virtualbox",
+                    "vms:", "  name_prefix: %s" % prefix,
+                    "ssh:", "  user: %s" % getpass.getuser(), "  key: %s" % key, "  port_base: %d" % port_base,
+                    "virtualbox:", "  vboxmanage: %s" % fake,
+                ]) + "\n")
+            jobs = self.args.vbox_jobs
+            ids = ["vbox-%d" % i for i in range(jobs)]
+            self.enqueue_all([{"id": i, "config": {"script": ["true"]}} for i in ids])
+            wall, _, _ = self.run_burst(cdir, env=env)
+            recs = list(self.records(ids).values())
+            passed = self.check_states(dict(enumerate(recs)), "virtualbox")
+            calls = [json.loads(line) for line in open(os.path.join(home, "calls.jsonl")) if line.strip()]
+            calls = [c for c in calls if c["argv"][:1] != ["__fake"]]
+            reads = [c for c in calls if c["argv"][0] in ("showvminfo", "list", "--version")]
+            changes = [c for c in calls if c not in reads]
+            retries = sum(1 for c in changes if c["exit"] != 0)
+
+            # What the fake itself costs, measured outside tworker: one VBoxManage call, a
+            # guest coming up after startvm (resume delay + sshd start), one ssh session.
+            vm = prefix + VM
+            def timed(cmd):
+                t = time.monotonic()
+                subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+                return time.monotonic() - t
+            call_wall = sorted(timed([fake, "showvminfo", vm, "--machinereadable"]) for _ in range(5))[2]
+            port = port_base + int(VM.split("-")[1])
+            ssh = ["ssh", "-i", key, "-p", str(port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                   "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-l", getpass.getuser(), "127.0.0.1", "true"]
+            ups, sessions = [], []
+            for _ in range(3):
+                t = time.monotonic()
+                subprocess.run([fake, "startvm", vm, "--type", "headless"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                while True:
+                    try:
+                        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+                            if conn.recv(4) == b"SSH-":
+                                break
+                    except OSError:
+                        pass
+                    time.sleep(0.005)
+                ups.append(time.monotonic() - t)
+                sessions.append(timed(ssh))
+                subprocess.run([fake, "controlvm", vm, "poweroff"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(0.3)
+                subprocess.run([fake, "snapshot", vm, "restore", "sandbox"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            guest_up = sorted(ups)[1]
+            session = sorted(sessions)[1]
+
+            job_path = sorted(parse_iso(r["finished_at"]) - parse_iso(r["received_at"]) for r in recs)[len(recs) // 2]
+            # On the job's path: one read, startvm + the guest coming up, one ssh session.
+            fake_path = call_wall + guest_up + session
+            first = min(parse_iso(r["received_at"]) for r in recs)
+            last = max(parse_iso(r["finished_at"]) for r in recs)
+            cycle = (last - first) / max(1, jobs - 1) if jobs > 1 else job_path
+            fake_cycle = fake_path + (len(calls) / jobs - 2) * call_wall + retries / jobs * 0.2
+            res = self.results
+            res.add("5 virtualbox", "jobs passed", "%d / %d in %.1f s" % (passed, jobs, wall), str(jobs), passed == jobs)
+            res.add("5 virtualbox", "fake's cost: one VBoxManage call / guest up after startvm / one ssh session",
+                    "%.0f / %.0f / %.0f ms" % (call_wall * 1000, guest_up * 1000, session * 1000))
+            res.add("5 virtualbox", "job path, received -> finished (median)", "%.0f ms" % (job_path * 1000))
+            res.add("5 virtualbox", "tworker's own overhead on the job path", "%.0f ms" % ((job_path - fake_path) * 1000),
+                    "<= 150 ms", job_path - fake_path <= 0.150)
+            res.add("5 virtualbox", "whole cycle per job incl. poweroff + restore", "%.0f ms" % (cycle * 1000))
+            res.add("5 virtualbox", "tworker's own overhead per cycle", "%.0f ms" % ((cycle - fake_cycle) * 1000),
+                    "<= 150 ms", cycle - fake_cycle <= 0.150)
+            res.add("5 virtualbox", "VBoxManage calls per job: changes / reads",
+                    "%.2f / %.2f" % (len(changes) / jobs, len(reads) / jobs), "-")
+            # The first job also restores the VM it finds; after that each job is startvm,
+            # poweroff, restore.
+            steady = (len(changes) - retries - 1) / jobs
+            res.add("5 virtualbox", "  successful changes per job in steady state", "%.2f" % steady, "<= 3", steady <= 3.0 + 1e-9)
+            res.add("5 virtualbox", "  of which lock-error retries (restore inside the lock window)", "%.2f" % (retries / jobs))
+        finally:
+            subprocess.run([fake, "__fake", "stop-all"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def run(self):
         sections = [("throughput", self.throughput), ("checkout", self.checkout),
-                    ("latency", self.latency), ("log", self.log_throughput)]
+                    ("latency", self.latency), ("log", self.log_throughput), ("virtualbox", self.virtualbox)]
         wanted = set(self.args.only.split(",")) if self.args.only else None
         t0 = time.monotonic()
         try:
@@ -792,7 +894,8 @@ def main():
     ap.add_argument("--log-timeout", type=int, default=90, help="seconds the log job may take (90)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of sections 1 and 2; the best is reported (2)")
     ap.add_argument("--burst-timeout", type=int, default=120, help="seconds a --burst worker may run (120)")
-    ap.add_argument("--only", help="comma-separated sections: throughput,checkout,latency,log")
+    ap.add_argument("--vbox-jobs", type=int, default=20, help="jobs of the virtualbox section (20)")
+    ap.add_argument("--only", help="comma-separated sections: throughput,checkout,latency,log,virtualbox")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (worker logs, config)")
     args = ap.parse_args()
     if not os.access(args.tworker, os.X_OK):

@@ -142,22 +142,15 @@ public final class VirtualBoxMachine: Machine {
         }
     }
 
-    /// Polls SSH with short connect timeouts until it answers or `timeouts.vm_boot` passes.
+    /// Polls the VM's SSH banner every 25 ms until it answers or `timeouts.vm_boot` passes:
+    /// no fixed sleeps, and no ssh process per poll.
     private func waitForSSH() async throws {
         let deadline = ContinuousClock.now + bootTimeout
-        var lastError = ""
-        var delay: Duration = .milliseconds(20)
         while ContinuousClock.now < deadline {
-            let probe = BuildCommand(executable: "ssh", arguments: target.arguments(connectTimeout: 2, remoteCommand: ["true"]),
-                                     environment: ProcessInfo.processInfo.environment)
-            let collected = Mutex<[UInt8]>([])
-            let exit = try await ChildProcess.run(probe.resolvingExecutable()) { chunk in collected.withLock { $0 += chunk } }
-            if exit == .exited(0) { return }
-            lastError = String(decoding: collected.withLock { $0 }, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            try await Task.sleep(for: delay)
-            delay = min(delay * 2, .milliseconds(500))
+            if await SSHBanner.answers(host: target.host, port: target.port) { return }
+            try await Task.sleep(for: .milliseconds(25))
         }
-        throw InfrastructureError("SSH on \(target.host):\(target.port) did not answer within \(bootTimeout.components.seconds) s (timeouts.vm_boot): \(lastError)")
+        throw InfrastructureError("SSH on \(target.host):\(target.port) did not answer within \(bootTimeout.components.seconds) s (timeouts.vm_boot)")
     }
 
     /// A VM re-created under the same name has a new host key: forget the old one.
