@@ -56,7 +56,10 @@ func configProblems(_ loader: ConfigLoader) -> [String] {
         #expect(c.host == "testhost")
         #expect(c.redis == .init(url: "embedded", namespace: "resque"))
         #expect(c.vms == .init(count: 1, namePrefix: "tworker-development-", memory: 1536, cpus: 1,
-                               maxConsecutiveFailures: 3))
+                               maxConsecutiveFailures: 3, maxUnavailable: 1, baseBox: c.vms.baseBox, provision: ["base.sh"]))
+        #expect(c.vms.baseBox.hasSuffix("/boxes/base.box") && c.vms.baseBox.hasPrefix("/"))
+        #expect(c.vagrant.vagrant == "vagrant")
+        #expect(c.vagrant.directory.hasSuffix("/boxes"))
         #expect(c.timeouts == .init(hardLimit: 2400, logSilence: 600, beforeInstall: 300, install: 300,
                                     beforeScript: 300, script: 600, afterScript: 120, vmBoot: 120, vboxmanage: 120))
         #expect(c.limits == .init(logLength: 4_194_304, maxAttempts: 3))
@@ -395,5 +398,39 @@ func configProblems(_ loader: ConfigLoader) -> [String] {
         let heartbeat = try #require(json.range(of: "\"heartbeat.interval\""))
         #expect(env.lowerBound < heartbeat.lowerBound)
         #expect(!json.contains("\\/"))                       // paths stay readable
+    }
+}
+
+@Suite struct ConfigListTests {
+    func load(_ yaml: String) throws -> Result<LoadedConfig, ConfigError> {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("tworker-list-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try yaml.write(toFile: directory + "/worker.test.yml", atomically: true, encoding: .utf8)
+        do {
+            return .success(try ConfigLoader(configDir: directory, env: "test", environment: [:], currentDirectory: "/srv").load())
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    @Test func provisionIsAListOfScripts() throws {
+        let loaded = try load("vms:\n  provision:\n    - base.sh\n    - ruby.sh\n").get()
+        #expect(loaded.config.vms.provision == ["base.sh", "ruby.sh"])
+        #expect(loaded.render(json: false).contains("vms.provision: [base.sh, ruby.sh]"))
+        #expect(loaded.render(json: true).contains("\"ruby.sh\""))
+    }
+
+    @Test(arguments: [
+        ("vms:\n  provision: base.sh\n", "vms.provision: expected a list of strings, got a string"),
+        ("vms:\n  provision:\n    - base.sh\n    - ~\n", "vms.provision: item 2: expected a non-empty string"),
+        ("vms:\n  provision:\n    a: b\n", "vms.provision: expected a list of strings, got a mapping"),
+    ])
+    func badListsAreReportedWithTheirLine(yaml: String, message: String) throws {
+        guard case .failure(let error) = try load(yaml) else {
+            Issue.record("expected an error for \(yaml)")
+            return
+        }
+        #expect(error.description.contains("worker.test.yml:2: " + message), "\(error.description)")
     }
 }

@@ -78,6 +78,7 @@ extension ConfigValue: Encodable {
         case .string(let s): try container.encode(s)
         case .int(let i): try container.encode(i)
         case .bool(let b): try container.encode(b)
+        case .list(let items): try container.encode(items)
         case .null: try container.encodeNil()
         }
     }

@@ -17,6 +17,9 @@ enum ConfigSchema {
         .int("vms.memory", 1536, 128...262_144, \.vms.memory),
         .int("vms.cpus", 1, 1...64, \.vms.cpus),
         .int("vms.max_consecutive_failures", 3, 1...100, \.vms.maxConsecutiveFailures),
+        .int("vms.max_unavailable", 1, 1...64, \.vms.maxUnavailable),
+        .path("vms.base_box", { _, _ in "boxes/base.box" }, \.vms.baseBox),
+        .stringList("vms.provision", ["base.sh"], \.vms.provision),
 
         .int("timeouts.hard_limit", 2400, 1...86_400, \.timeouts.hardLimit),
         .int("timeouts.log_silence", 600, 1...86_400, \.timeouts.logSilence),
@@ -43,6 +46,8 @@ enum ConfigSchema {
 
         .string("virtualbox.vboxmanage", "VBoxManage", \.virtualbox.vboxmanage),
         .choice("virtualbox.start_type", ["headless", "gui", "sdl", "separate"], "headless", \.virtualbox.startType),
+        .string("vagrant.vagrant", "vagrant", \.vagrant.vagrant),
+        .path("vagrant.directory", { _, _ in "boxes" }, \.vagrant.directory),
 
         .optionalString("vm", \.vm, file: false, env: "VM"),
         .bool("verbose", false, \.verbose, file: false, env: "VERBOSE"),
@@ -75,6 +80,7 @@ enum ConfigValue: Sendable, Equatable {
     case string(String)
     case int(Int)
     case bool(Bool)
+    case list([String])
     case null
 
     /// Text for `tworker config`.
@@ -83,6 +89,7 @@ enum ConfigValue: Sendable, Equatable {
         case .string(let s): s
         case .int(let i): String(i)
         case .bool(let b): String(b)
+        case .list(let items): "[" + items.joined(separator: ", ") + "]"
         case .null: "null"
         }
     }
@@ -98,9 +105,24 @@ enum ConfigKind: Sendable {
     case redisURL
     /// A directory; relative values are resolved against the current directory.
     case path
+    /// A list of non-empty strings (lists replace, never merge).
+    case stringList
 
     /// Checks a value from a file; the message is the part after `key.path: `.
     func convert(_ tree: ConfigTree) -> Result<ConfigValue, ConfigMessage> {
+        if case .stringList = self {
+            guard case .list(let items, _) = tree else {
+                return .failure(ConfigMessage("expected a list of strings, got \(tree.typeDescription)"))
+            }
+            var strings: [String] = []
+            for (index, item) in items.enumerated() {
+                guard case .scalar(let scalar) = item, scalar.type != .null, !scalar.text.isEmpty else {
+                    return .failure(ConfigMessage("item \(index + 1): expected a non-empty string, got \(item.typeDescription)"))
+                }
+                strings.append(scalar.text)
+            }
+            return .success(.list(strings))
+        }
         guard case .scalar(let scalar) = tree else {
             return .failure(ConfigMessage("expected \(expected), got \(tree.typeDescription)"))
         }
@@ -118,6 +140,8 @@ enum ConfigKind: Sendable {
                 return .failure(ConfigMessage("expected \(expected), got \(tree.typeDescription)"))
             }
             return .success(.bool(value))
+        case .stringList:
+            return .failure(ConfigMessage("expected a list of strings"))
         case .optionalString:
             return scalar.type == .null ? .success(.null) : checked(.string(scalar.text))
         case .string, .choice, .redisURL, .path:
@@ -145,6 +169,9 @@ enum ConfigKind: Sendable {
             }
         case .string, .optionalString, .choice, .redisURL, .path:
             return checked(.string(text))
+        case .stringList:
+            // Comma-separated in the environment.
+            return .success(.list(text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }))
         }
     }
 
@@ -183,6 +210,7 @@ enum ConfigKind: Sendable {
         case .bool: "a boolean"
         case .string, .optionalString, .redisURL, .path: "a string"
         case .choice: "a string"
+        case .stringList: "a list of strings"
         }
     }
 }
@@ -281,6 +309,14 @@ struct ConfigKey: Sendable {
                       if case .string(let s) = v, let e = E(rawValue: s) { config[keyPath: field] = e }
                   },
                   get: { .string($0[keyPath: field].rawValue) })
+    }
+
+    static func stringList(_ path: String, _ value: [String], _ field: WritableKeyPath<WorkerConfig, [String]> & Sendable,
+                           file: Bool = true, env: String? = nil) -> ConfigKey {
+        ConfigKey(path: path, kind: .stringList, inFile: file, envVar: env,
+                  defaultValue: { _, _ in .list(value) },
+                  set: { config, v in if case .list(let items) = v { config[keyPath: field] = items } },
+                  get: { .list($0[keyPath: field]) })
     }
 
     static func optionalString(_ path: String, _ field: WritableKeyPath<WorkerConfig, String?> & Sendable,

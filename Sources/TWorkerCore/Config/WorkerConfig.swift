@@ -27,6 +27,7 @@ public struct WorkerConfig: Sendable, Equatable {
     public var local: Local
     public var ssh: SSH
     public var virtualbox: VirtualBox
+    public var vagrant: Vagrant
     /// The selected VM (from `VM` or `--vm`); not a file key.
     public var vm: String?
     /// Verbose logging (from `VERBOSE` or a flag); not a file key.
@@ -47,6 +48,12 @@ public struct WorkerConfig: Sendable, Equatable {
         public var memory: Int
         public var cpus: Int
         public var maxConsecutiveFailures: Int
+        /// Worker VMs taken out of service at once by rolling rebuilds and reprovisions.
+        public var maxUnavailable: Int
+        /// A `.box` file (absolute) or, when no such file exists, a vagrant box name.
+        public var baseBox: String
+        /// Provision scripts under `<vagrant.directory>/provision/`, run in this order.
+        public var provision: [String]
     }
 
     /// Timeouts, all in seconds.
@@ -117,6 +124,14 @@ public struct WorkerConfig: Sendable, Equatable {
         public var startType: String
     }
 
+    /// Settings of `tworker vagrant ...` (building the VMs).
+    public struct Vagrant: Sendable, Equatable {
+        /// The vagrant executable.
+        public var vagrant: String
+        /// Holds the base VM's `Vagrantfile` and `provision/*.sh`; always absolute.
+        public var directory: String
+    }
+
     /// The built-in defaults for `env`, relative paths resolved against the current directory.
     public static func defaults(env: String) -> WorkerConfig {
         defaults(env: env, currentDirectory: FileManager.default.currentDirectoryPath, hostname: currentHostname())
@@ -133,7 +148,7 @@ public struct WorkerConfig: Sendable, Equatable {
         WorkerConfig(
             env: env, queue: "", provider: .local, host: "",
             redis: Redis(url: "", namespace: ""),
-            vms: VMs(count: 0, namePrefix: "", memory: 0, cpus: 0, maxConsecutiveFailures: 0),
+            vms: VMs(count: 0, namePrefix: "", memory: 0, cpus: 0, maxConsecutiveFailures: 0, maxUnavailable: 0, baseBox: "", provision: []),
             timeouts: Timeouts(hardLimit: 0, logSilence: 0, beforeInstall: 0, install: 0, beforeScript: 0,
                                script: 0, afterScript: 0, vmBoot: 0, vboxmanage: 0),
             limits: Limits(logLength: 0, maxAttempts: 0),
@@ -143,6 +158,7 @@ public struct WorkerConfig: Sendable, Equatable {
             local: Local(workspace: ""),
             ssh: SSH(user: "", key: nil, host: "", portBase: 0),
             virtualbox: VirtualBox(vboxmanage: "", startType: ""),
+            vagrant: Vagrant(vagrant: "", directory: ""),
             vm: nil,
             verbose: false
         )
