@@ -26,6 +26,9 @@ public struct RedisKeys: Sendable {
     /// Present while a worker's VM is quarantined; holds the last error. Deleting it (a
     /// restart, `tworker vagrant rebuild`) returns the worker to service.
     public func broken(vm: String) -> String { "tworker:broken:\(host):\(vm)" }
+    /// Present while an operator's rebuild or reprovision holds the VM: its worker finishes
+    /// the running job and takes no new one until the key is gone.
+    public func maintenance(vm: String) -> String { "tworker:maintenance:\(host):\(vm)" }
     public func workerMember(vm: String) -> String { "\(host):\(vm)" }
 }
 

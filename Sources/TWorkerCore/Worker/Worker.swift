@@ -70,6 +70,7 @@ public final class Worker: Sendable {
     private let stop = Mutex<StopRequest>(.none)
     private let currentBuild = Mutex<Task<BuildOutcome, Never>?>(nil)
     private let consecutiveFailures = Mutex<Int>(0)
+    private let maintenanceCheck = Mutex<(at: ContinuousClock.Instant?, held: Bool)>((nil, false))
 
     public init(settings: Settings, machine: any Machine, redis: RedisConnection, blockingRedis: RedisConnection, logger: Logger) {
         self.settings = settings
@@ -103,7 +104,8 @@ public final class Worker: Sendable {
         logger.info("worker ready", metadata: ["vm": "\(settings.vm)", "queue": "\(queue.queueKey)", "host": "\(settings.host)"])
         await heartbeat.update(.idle)
         while stopRequest == .none {
-            if try await isQuarantined() {
+            let heldBack = try await isInMaintenance() ? true : try await isQuarantined()
+            if heldBack {
                 if settings.burst { break }
                 try? await Task.sleep(for: settings.fetchBlock)
                 continue
@@ -129,6 +131,30 @@ public final class Worker: Sendable {
         }
         await heartbeat.update(.stopping)
         await heartbeat.stop()
+    }
+
+    /// While an operator holds the VM (rebuild, reprovision) the worker takes no jobs and says
+    /// so in its heartbeat. Checked at most every 250 ms, so a busy queue pays almost nothing.
+    private func isInMaintenance() async throws -> Bool {
+        let now = ContinuousClock.now
+        let cached = maintenanceCheck.withLock { check -> Bool? in
+            if let last = check.at, now - last < .milliseconds(250) { return check.held }
+            return nil
+        }
+        if let cached { return cached }
+        let reply = try await withRedisRetry(logger: logger, what: "check maintenance") {
+            try await redis.send(["EXISTS", keys.maintenance(vm: settings.vm)])
+        }
+        let held = reply.int == 1
+        let was = maintenanceCheck.withLock { check -> Bool in
+            defer { check = (now, held) }
+            return check.held
+        }
+        if held != was {
+            logger.info(held ? "VM in maintenance: taking no jobs" : "maintenance over: taking jobs again", metadata: ["vm": "\(settings.vm)"])
+            await heartbeat.update(held ? .maintenance : .idle)
+        }
+        return held
     }
 
     /// While the VM is quarantined the worker takes no jobs; it returns to service once the

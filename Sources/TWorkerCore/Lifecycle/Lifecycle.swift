@@ -1,0 +1,305 @@
+import Foundation
+import Logging
+import RedisClient
+import Subprocess
+#if canImport(System)
+import System
+#else
+import SystemPackage
+#endif
+
+/// `tworker vagrant import | rebuild | reprovision | status | remove`: building the worker VMs
+/// from a base box, keeping them provisioned, and rolling changes through them while the other
+/// workers keep taking jobs.
+public struct Lifecycle: Sendable {
+    public let config: WorkerConfig
+    public let vms: WorkerVMs
+    public let maintenance: Maintenance?
+    public let progress: LifecycleProgress
+    public let logger: Logger
+
+    public init(config: WorkerConfig, runner: VBoxManageRunner, maintenance: Maintenance?, progress: LifecycleProgress, logger: Logger) {
+        self.config = config
+        self.vms = WorkerVMs(config: config, runner: runner, logger: logger)
+        self.maintenance = maintenance
+        self.progress = progress
+        self.logger = logger
+    }
+
+    var workers: [Int] { Array(1...config.vms.count) }
+
+    // MARK: - import
+
+    /// Creates the base VM if missing, then every worker that does not exist yet.
+    public func importAll() async throws {
+        try await ensureBase()
+        for number in workers {
+            let name = vms.workerName(number)
+            if try await vms.exists(name) {
+                progress.note("\(name)  exists, skipped")
+                continue
+            }
+            let started = ContinuousClock.now
+            try await vms.createWorker(number, progress: progress)
+            record("create_worker", since: started)
+        }
+    }
+
+    /// The base VM, imported from `vms.base_box` when it does not exist yet.
+    func ensureBase() async throws {
+        let base = vms.baseName
+        if try await vms.exists(base) {
+            if try await vms.currentSnapshotUUID(base) == nil {
+                try await progress.step(base, "snapshot \(WorkerVMs.baseSnapshot)") {
+                    try await vms.runner.run(.snapshotTake(base, name: WorkerVMs.baseSnapshot))
+                }
+            }
+            return
+        }
+        try await importBase(from: config.vms.baseBox, as: base)
+    }
+
+    func importBase(from box: String, as name: String) async throws {
+        let started = ContinuousClock.now
+        let ovf = try await progress.step(name, "unpack \((box as NSString).lastPathComponent)") {
+            try await BaseBox.ovf(for: box, stateDir: config.stateDir)
+        }
+        try await progress.step(name, "import") { try await vms.runner.run(.importAppliance(ovf, name: name)) }
+        try await progress.step(name, "NAT rule guestssh on \(config.ssh.portBase)") {
+            try await vms.runner.run(.setNATRule(name, rule: NATRule(name: "guestssh", hostIP: config.ssh.host, hostPort: config.ssh.portBase, guestPort: 22)))
+        }
+        try await progress.step(name, "snapshot \(WorkerVMs.baseSnapshot)") { try await vms.runner.run(.snapshotTake(name, name: WorkerVMs.baseSnapshot)) }
+        record("import_base", since: started)
+    }
+
+    // MARK: - rebuild
+
+    /// Rebuilds everything from the box: a new base (optionally provisioned with vagrant and
+    /// packaged to a new box first), then each worker in turn while the others keep working,
+    /// then the old base goes. Stops at the first failed step.
+    public func rebuild(provisionWithVagrant: Bool) async throws {
+        var box = config.vms.baseBox
+        if provisionWithVagrant { box = try await buildBoxWithVagrant() }
+        let base = vms.baseName
+        let retired = base + "-retired"
+        // The old base still backs the running workers' disks: set it aside, delete it last.
+        if try await vms.exists(retired) { try await vms.remove(retired, progress: progress) }
+        if let info = try await vms.runner.info(base) {
+            if ["running", "paused"].contains(info.state ?? "") {
+                try await progress.step(base, "power off") { try await vms.runner.run(.powerOff(base)) }
+            }
+            try await progress.step(base, "rename to \(retired)") {
+                try await vms.runner.run(VBoxManageCommand(["modifyvm", base, "--name", retired], changes: base))
+            }
+        }
+        try await importBase(from: box, as: base)
+        try await rolling { number in
+            try await vms.remove(vms.workerName(number), progress: progress)
+            let started = ContinuousClock.now
+            try await vms.createWorker(number, progress: progress)
+            record("create_worker", since: started)
+        }
+        if try await vms.exists(retired) { try await vms.remove(retired, progress: progress) }
+    }
+
+    /// `vagrant up --provision` of a throwaway base VM, `vagrant package` of it to a new box that
+    /// replaces `vms.base_box`, then `vagrant destroy`.
+    func buildBoxWithVagrant() async throws -> String {
+        let machine = config.vms.namePrefix + "base-build"
+        let output = config.vms.baseBox.hasSuffix(".box") ? config.vms.baseBox
+            : (config.vagrant.directory as NSString).appendingPathComponent("base.box")
+        let staging = output + ".new"
+        try? FileManager.default.removeItem(atPath: staging)
+        let scripts = config.vms.provision.map { (config.vagrant.directory as NSString).appendingPathComponent("provision/\($0)") }
+        var environment = ProcessInfo.processInfo.environment
+        environment["TWORKER_BASE_BOX"] = config.vms.baseBox
+        environment["TWORKER_VM_NAME"] = machine
+        environment["TWORKER_SSH_PORT"] = String(config.ssh.portBase)
+        environment["TWORKER_PROVISION"] = scripts.joined(separator: ":")
+        environment["VAGRANT_CWD"] = config.vagrant.directory
+        let vagrant = VagrantRunner(executable: config.vagrant.vagrant, directory: config.vagrant.directory, environment: environment)
+        let started = ContinuousClock.now
+        try await progress.step(machine, "vagrant up --provision") { try await vagrant.run(["up", "--provision"]) }
+        record("provision_base", since: started)
+        try await progress.step(machine, "vagrant package") { try await vagrant.run(["package", "--base", machine, "--output", staging]) }
+        try await progress.step(machine, "vagrant destroy") { try await vagrant.run(["destroy", "-f"]) }
+        if FileManager.default.fileExists(atPath: output) { try FileManager.default.removeItem(atPath: output) }
+        try FileManager.default.moveItem(atPath: staging, toPath: output)
+        progress.note("\(machine)  packaged to \(output)")
+        return output
+    }
+
+    // MARK: - reprovision
+
+    public enum Strategy: String, Sendable, CaseIterable {
+        /// Provision every worker VM in turn and retake its `sandbox`.
+        case each
+        /// Provision the base once, retake `base`, re-create the workers as linked clones.
+        case base
+    }
+
+    /// What earlier runs say each strategy will take, as a line for the operator.
+    public func estimateLine() -> String {
+        let durations = StepDurations(stateDir: config.stateDir)
+        let (each, base) = durations.estimates(workers: config.vms.count)
+        func text(_ value: Double?) -> String { value.map { Self.format($0) } ?? "unknown (no earlier run measured it)" }
+        return "Estimated time for \(config.vms.count) worker VMs: --strategy each \(text(each)), --strategy base \(text(base))"
+    }
+
+    public func reprovision(_ strategy: Strategy) async throws {
+        switch strategy {
+        case .each:
+            try await rolling { number in
+                let name = vms.workerName(number)
+                let started = ContinuousClock.now
+                try await vms.boot(name, from: WorkerVMs.sandboxSnapshot, port: vms.sshPort(number), progress: progress)
+                try await vms.provision(name, port: vms.sshPort(number), progress: progress)
+                // Names can repeat in VirtualBox: the old sandbox steps aside before the new one
+                // is taken, so `restore sandbox` can only mean the new one.
+                let old = try await progress.step(name, "set old \(WorkerVMs.sandboxSnapshot) aside") {
+                    try await vms.renameSnapshot(name, WorkerVMs.sandboxSnapshot, to: "\(WorkerVMs.sandboxSnapshot)-old")
+                }
+                try await progress.step(name, "snapshot \(WorkerVMs.sandboxSnapshot) (online)") {
+                    try await vms.runner.run(.snapshotTake(name, name: WorkerVMs.sandboxSnapshot, live: true))
+                }
+                try await progress.step(name, "power off") { try await vms.runner.run(.powerOff(name)) }
+                if let old {
+                    do {
+                        try await progress.step(name, "delete old \(WorkerVMs.sandboxSnapshot)") { try await vms.runner.run(.snapshotDelete(name, name: old)) }
+                    } catch {
+                        progress.note("\(name)  keeping the old snapshot (renamed): \(error)")
+                    }
+                }
+                vms.forgetHostKey(worker: "worker-\(number)")
+                record("provision_worker", since: started)
+            }
+        case .base:
+            let base = vms.baseName
+            try await ensureBase()
+            let started = ContinuousClock.now
+            try await vms.boot(base, from: WorkerVMs.baseSnapshot, port: config.ssh.portBase, progress: progress)
+            try await vms.provision(base, port: config.ssh.portBase, progress: progress)
+            try await progress.step(base, "power off") { try await vms.runner.run(.powerOff(base)) }
+            let old = try await progress.step(base, "set old \(WorkerVMs.baseSnapshot) aside") {
+                try await vms.renameSnapshot(base, WorkerVMs.baseSnapshot, to: "\(WorkerVMs.baseSnapshot)-old")
+            }
+            try await progress.step(base, "snapshot \(WorkerVMs.baseSnapshot)") { try await vms.runner.run(.snapshotTake(base, name: WorkerVMs.baseSnapshot)) }
+            record("provision_base", since: started)
+            try await rolling { number in
+                try await vms.remove(vms.workerName(number), progress: progress)
+                let created = ContinuousClock.now
+                try await vms.createWorker(number, progress: progress)
+                record("create_worker", since: created)
+            }
+            if let old {
+                do {
+                    try await progress.step(base, "delete old \(WorkerVMs.baseSnapshot)") { try await vms.runner.run(.snapshotDelete(base, name: old)) }
+                } catch {
+                    progress.note("\(base)  keeping the old snapshot (renamed): \(error)")
+                }
+            }
+        }
+    }
+
+    // MARK: - rolling
+
+    /// Works through the workers `vms.max_unavailable` at a time: each is taken out of service
+    /// (its worker finishes its job first), changed, and returned; the others keep working.
+    /// VirtualBox writes stay one at a time.
+    func rolling(_ change: (Int) async throws -> Void) async throws {
+        let size = max(1, config.vms.maxUnavailable)
+        var start = 0
+        while start < workers.count {
+            let group = Array(workers[start..<min(workers.count, start + size)])
+            for number in group {
+                let name = "worker-\(number)"
+                try await progress.step(vms.workerName(number), "take out of service") { try await maintenance?.begin(name) }
+            }
+            for number in group {
+                try await change(number)
+                try await progress.step(vms.workerName(number), "return to service") { try await maintenance?.end("worker-\(number)") }
+            }
+            start += size
+        }
+    }
+
+    // MARK: - status and remove
+
+    public struct Row: Sendable, Codable, Equatable {
+        public var name: String
+        public var state: String
+        public var sshPort: Int
+        public var snapshot: Bool
+        public var worker: String
+        public var job: String
+    }
+
+    /// One row per worker VM.
+    public func status(redis: RedisConnection?, keys: RedisKeys) async throws -> [Row] {
+        var rows: [Row] = []
+        for number in workers {
+            let name = vms.workerName(number)
+            let info = try await vms.runner.info(name)
+            var worker = "none"
+            var job = ""
+            if let redis {
+                let replies = try await redis.pipeline([
+                    ["HMGET", keys.worker(vm: "worker-\(number)"), "state", "job"],
+                    ["EXISTS", keys.maintenance(vm: "worker-\(number)")],
+                ])
+                let fields = replies.first?.array ?? []
+                worker = fields.first?.string ?? "none"
+                job = fields.dropFirst().first?.string ?? ""
+                if replies.last?.int == 1, worker == "none" { worker = WorkerState.maintenance.rawValue }
+            }
+            rows.append(Row(name: name, state: info?.state ?? "missing", sshPort: vms.sshPort(number),
+                            snapshot: info.map { $0.snapshotNames.contains(WorkerVMs.sandboxSnapshot) } ?? false,
+                            worker: worker, job: job))
+        }
+        return rows
+    }
+
+    /// Powers off and deletes the named workers (or every worker and then the base).
+    public func remove(workers names: [String]) async throws {
+        let targets = names.isEmpty ? workers.map { vms.workerName($0) } + [vms.baseName + "-retired", vms.baseName]
+            : names.map { config.vms.namePrefix + $0 }
+        for vm in targets { try await vms.remove(vm, progress: progress) }
+    }
+
+    // MARK: -
+
+    private func record(_ step: String, since start: ContinuousClock.Instant) {
+        var durations = StepDurations(stateDir: config.stateDir)
+        durations.record(step, seconds: seconds(since: start))
+        do { try durations.save() } catch { logger.warning("could not save step durations: \(error)") }
+    }
+
+    static func format(_ seconds: Double) -> String {
+        seconds < 60 ? String(format: "%.1f s", seconds) : String(format: "%dm %02ds", Int(seconds) / 60, Int(seconds) % 60)
+    }
+}
+
+/// vagrant invocations with the base VM's environment; stderr is kept for the error.
+struct VagrantRunner: Sendable {
+    var executable: String
+    var directory: String
+    var environment: [String: String]
+
+    struct Failure: Error, CustomStringConvertible {
+        var arguments: [String]
+        var status: TerminationStatus
+        var output: String
+        var description: String { "vagrant \(arguments.joined(separator: " ")) failed (\(status)):\n\(output)" }
+    }
+
+    func run(_ arguments: [String]) async throws {
+        let result = try await Subprocess.run(
+            executable.contains("/") ? .path(FilePath(executable)) : .name(executable), arguments: Arguments(arguments),
+            environment: .custom(Dictionary(uniqueKeysWithValues: environment.map { (Environment.Key(rawValue: $0.key)!, $0.value) })),
+            workingDirectory: FilePath(directory), output: .string(limit: 4 << 20), error: .string(limit: 1 << 20))
+        guard case .exited(0) = result.terminationStatus else {
+            let text = (result.standardError + "\n" + result.standardOutput).trimmingCharacters(in: .whitespacesAndNewlines)
+            throw Failure(arguments: arguments, status: result.terminationStatus, output: String(text.suffix(4000)))
+        }
+    }
+}
