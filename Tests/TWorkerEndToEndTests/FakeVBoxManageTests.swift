@@ -441,6 +441,73 @@ struct FakeVBoxManageTests {
         }
     }
 
+    @Test func linkedClonesKeepTheirSourceAndSnapshot() async throws {
+        try await withFakeVirtualBox { fake in
+            fake.lockWindow = 0
+            try await fake.createVM(name: "base", port: try freeLoopbackPort())
+            let take = try await fake.run(["snapshot", "base", "take", "base"])
+            expectSuccess(take)
+            let snapshot = try #require(take.stdout.firstMatch(of: /^Snapshot taken\. UUID: ([0-9a-f-]{36})\n$/)?.1).description
+            #expect(try await fake.run(["snapshot", "base", "list", "--machinereadable"]).stdout
+                .contains("SnapshotUUID=\"\(snapshot)\""))
+            // Clones from the snapshot's UUID (braced too) and from its name.
+            let byUUID = try await fake.run(["clonevm", "base", "--snapshot", snapshot, "--options", "link", "--name", "w1", "--register"])
+            expectSuccess(byUUID)
+            #expect(byUUID.stdout == "Machine has been successfully cloned as \"w1\"\n")
+            expectSuccess(try await fake.run(["clonevm", "base", "--snapshot", "{\(snapshot)}", "--options", "link", "--name", "w2", "--register"]))
+            // An unregistered clone does not count.
+            expectSuccess(try await fake.run(["clonevm", "base", "--snapshot", "base", "--options", "link", "--name", "loose"]))
+            let medium = "\(fake.home)/VirtualBox VMs/base/box-disk001.vmdk"
+            let unregister = try await fake.run(["unregistervm", "base", "--delete"])
+            expectError(unregister, "Cannot delete the medium '\(medium)' because it has 2 child media",
+                        code: "VBOX_E_OBJECT_IN_USE", hex: "0x80bb000c")
+            #expect(try await fake.run(["list", "vms"]).stdout.contains("\"base\" {"), "a failed delete must leave the VM registered")
+            #expect(FileManager.default.fileExists(atPath: try await fake.diskDirectory(of: "base")))
+            let deleteSnapshot = try await fake.run(["snapshot", "base", "delete", snapshot])
+            expectError(deleteSnapshot, "Cannot delete the medium '\(medium)' because it has 2 child media",
+                        code: "VBOX_E_OBJECT_IN_USE", hex: "0x80bb000c")
+            #expect(try await fake.run(["snapshot", "base", "list", "--machinereadable"]).stdout.contains(snapshot))
+
+            // A renamed clone still depends on the base (the link is by UUID).
+            expectSuccess(try await fake.run(["modifyvm", "w1", "--name", "w1-renamed"]))
+            let vms = try await fake.run(["list", "vms"]).stdout
+            #expect(vms.contains("\"w1-renamed\" {") && !vms.contains("\"w1\" {"))
+            expectSuccess(try await fake.run(["unregistervm", "w2", "--delete"]))
+            expectError(try await fake.run(["unregistervm", "base", "--delete"]),
+                        "Cannot delete the medium '\(medium)' because it has 1 child media",
+                        code: "VBOX_E_OBJECT_IN_USE", hex: "0x80bb000c")
+            expectError(try await fake.run(["snapshot", "base", "delete", "base"]),
+                        "Cannot delete the medium '\(medium)' because it has 1 child media",
+                        code: "VBOX_E_OBJECT_IN_USE", hex: "0x80bb000c")
+            expectSuccess(try await fake.run(["unregistervm", "w1-renamed", "--delete"]))
+
+            // Once the clones are gone, both work: the snapshot by UUID, then the VM.
+            let deleted = try await fake.run(["snapshot", "base", "delete", snapshot])
+            expectSuccess(deleted)
+            #expect(deleted.stdout.hasPrefix("Deleting snapshot 'base' (\(snapshot))"))
+            expectSuccess(try await fake.run(["unregistervm", "base", "--delete"]))
+            #expect(!(try await fake.run(["list", "vms"]).stdout.contains("\"base\"")))
+        }
+    }
+
+    @Test func snapshotWithCloneBlocksOnlyItself() async throws {
+        try await withFakeVirtualBox { fake in
+            fake.lockWindow = 0
+            try await fake.createVM(name: "src", port: try freeLoopbackPort(), snapshot: "first")
+            expectSuccess(try await fake.run(["snapshot", "src", "take", "second"]))
+            expectSuccess(try await fake.run(["clonevm", "src", "--snapshot", "second", "--options", "link", "--name", "c", "--register"]))
+            let blocked = try await fake.run(["snapshot", "src", "delete", "second"])
+            #expect(blocked.status == 1 && blocked.stderr.contains("/VirtualBox VMs/src/Snapshots/{")
+                    && blocked.stderr.contains("because it has 1 child media"), "\(FakeVirtualBox.describe(blocked))")
+            // A full clone does not depend on its source.
+            expectSuccess(try await fake.run(["clonevm", "src", "--snapshot", "first", "--name", "full", "--register"]))
+            expectSuccess(try await fake.run(["unregistervm", "c", "--delete"]))
+            expectSuccess(try await fake.run(["snapshot", "src", "delete", "second"]))
+            expectSuccess(try await fake.run(["unregistervm", "src", "--delete"]))
+            #expect(try await fake.run(["list", "vms"]).stdout.contains("\"full\" {"))
+        }
+    }
+
     @Test func parallelImportsFail() async throws {
         try await withFakeVirtualBox { fake in
             fake.importDelay = 1.5

@@ -63,7 +63,13 @@ public struct WorkerVMs: Sendable {
         }
         try await progress.step(name, "linked clone of \(baseName)") { try await runner.run(.linkedClone(of: baseName, snapshot: snapshot, name: name)) }
         try await progress.step(name, "NAT rule guestssh on \(sshPort(number))") {
-            try await runner.run(.setNATRule(name, rule: NATRule(name: "guestssh", hostIP: config.ssh.host, hostPort: sshPort(number), guestPort: 22)))
+            // A clone inherits the base's rules: its own replaces the inherited one in one call.
+            let inherited = try await runner.info(name)?.forwardingRules.map(\.name) ?? []
+            let rule = NATRule(name: "guestssh", hostIP: config.ssh.host, hostPort: sshPort(number), guestPort: 22)
+            var arguments = ["modifyvm", name]
+            for old in inherited where old == "guestssh" { arguments += ["--natpf1", "delete", old] }
+            arguments += ["--natpf1", rule.specification]
+            try await runner.run(VBoxManageCommand(arguments, changes: name))
         }
         try await progress.step(name, "memory \(config.vms.memory) MiB, \(config.vms.cpus) cpus") {
             try await runner.run(.setResources(name, memory: config.vms.memory, cpus: config.vms.cpus))
