@@ -62,7 +62,8 @@ func configProblems(_ loader: ConfigLoader) -> [String] {
         #expect(c.vagrant.directory.hasSuffix("/boxes"))
         #expect(c.timeouts == .init(hardLimit: 2400, logSilence: 600, beforeInstall: 300, install: 300,
                                     beforeScript: 300, script: 600, afterScript: 120, vmBoot: 120, vboxmanage: 120))
-        #expect(c.limits == .init(logLength: 4_194_304, maxAttempts: 3))
+        #expect(c.limits == .init(logLength: 4_194_304, maxAttempts: 3, workerMemory: 256))
+        #expect(c.user == nil && c.group == nil && !c.allowRoot)
         #expect(c.heartbeat.interval == 10)
         #expect(c.reporting.retention == 604_800)
         #expect(c.stateDir == "/srv/worker/var")

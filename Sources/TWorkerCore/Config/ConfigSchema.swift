@@ -33,6 +33,7 @@ enum ConfigSchema {
 
         .int("limits.log_length", 4_194_304, atLeast: 1024, \.limits.logLength),
         .int("limits.max_attempts", 3, 1...100, \.limits.maxAttempts),
+        .int("limits.worker_memory", 256, 16...1_048_576, \.limits.workerMemory),
         .int("heartbeat.interval", 10, 1...3600, \.heartbeat.interval),
         .int("reporting.retention", 604_800, atLeast: 60, \.reporting.retention),
 
@@ -48,6 +49,10 @@ enum ConfigSchema {
         .choice("virtualbox.start_type", ["headless", "gui", "sdl", "separate"], "headless", \.virtualbox.startType),
         .string("vagrant.vagrant", "vagrant", \.vagrant.vagrant),
         .path("vagrant.directory", { _, _ in "boxes" }, \.vagrant.directory),
+
+        .optionalString("user", \.user),
+        .optionalString("group", \.group),
+        .bool("allow_root", false, \.allowRoot),
 
         .optionalString("vm", \.vm, file: false, env: "VM"),
         .bool("verbose", false, \.verbose, file: false, env: "VERBOSE"),

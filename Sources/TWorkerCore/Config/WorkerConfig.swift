@@ -28,6 +28,11 @@ public struct WorkerConfig: Sendable, Equatable {
     public var ssh: SSH
     public var virtualbox: VirtualBox
     public var vagrant: Vagrant
+    /// The user (and group) the master runs its workers as when started as root.
+    public var user: String?
+    public var group: String?
+    /// Lets a root master run workers as root (never the default: builds must not run as root).
+    public var allowRoot: Bool
     /// The selected VM (from `VM` or `--vm`); not a file key.
     public var vm: String?
     /// Verbose logging (from `VERBOSE` or a flag); not a file key.
@@ -86,6 +91,8 @@ public struct WorkerConfig: Sendable, Equatable {
         /// Bytes of build log kept before the job is stopped.
         public var logLength: Int
         public var maxAttempts: Int
+        /// MiB of resident memory a worker may hold; above it for two checks, the master restarts it.
+        public var workerMemory: Int
     }
 
     /// Worker heartbeat settings.
@@ -151,7 +158,7 @@ public struct WorkerConfig: Sendable, Equatable {
             vms: VMs(count: 0, namePrefix: "", memory: 0, cpus: 0, maxConsecutiveFailures: 0, maxUnavailable: 0, baseBox: "", provision: []),
             timeouts: Timeouts(hardLimit: 0, logSilence: 0, beforeInstall: 0, install: 0, beforeScript: 0,
                                script: 0, afterScript: 0, vmBoot: 0, vboxmanage: 0),
-            limits: Limits(logLength: 0, maxAttempts: 0),
+            limits: Limits(logLength: 0, maxAttempts: 0, workerMemory: 0),
             heartbeat: Heartbeat(interval: 0),
             reporting: Reporting(retention: 0),
             stateDir: "",
@@ -159,6 +166,7 @@ public struct WorkerConfig: Sendable, Equatable {
             ssh: SSH(user: "", key: nil, host: "", portBase: 0),
             virtualbox: VirtualBox(vboxmanage: "", startType: ""),
             vagrant: Vagrant(vagrant: "", directory: ""),
+            user: nil, group: nil, allowRoot: false,
             vm: nil,
             verbose: false
         )
