@@ -41,6 +41,19 @@ final class HiredisSession: @unchecked Sendable {
         return replies
     }
 
+    /// Reads one reply the server pushes without a command (pub/sub messages); waits without
+    /// a socket timeout, so only the server, a network error or an interrupt ends the wait.
+    func readPushed() throws -> RedisReply {
+        let ctx = try connectedContext()
+        redisSetTimeout(ctx, Self.makeTimeval(.zero))
+        var raw: UnsafeMutableRawPointer?
+        guard redisGetReply(ctx, &raw) == REDIS_OK, let raw else {
+            throw lost(ctx, timeout: .zero)
+        }
+        defer { freeReplyObject(raw) }
+        return Self.convert(raw.assumingMemoryBound(to: redisReply.self))
+    }
+
     /// Frees the context (closing its socket); the next call reconnects.
     func disconnect() {
         guard let ctx = context else { return }

@@ -63,6 +63,28 @@ public final class RedisConnection: Sendable {
         return try await single(arguments, socketTimeout: socketTimeout)
     }
 
+    /// Subscribes to `channel` and hands each message's payload to `onMessage` until the task is
+    /// cancelled (throws CancellationError) or the connection fails (throws a connection error).
+    /// The connection is dedicated to the subscription meanwhile; give it a connection of its own.
+    public func subscribe(_ channel: String, onMessage: @escaping @Sendable ([UInt8]) -> Void) async throws {
+        let command: [[UInt8]] = [Array("SUBSCRIBE".utf8), Array(channel.utf8)]
+        _ = try await worker.submit { session -> Bool in
+            do {
+                _ = try session.execute([command], socketTimeout: .zero)
+                while true {
+                    let reply = try session.readPushed()
+                    if let parts = reply.array, parts.count == 3, parts[0].string == "message", case .bulk(let data) = parts[2] {
+                        onMessage(data)
+                    }
+                }
+            } catch {
+                // A connection left in subscribe mode answers nothing else: never reuse it.
+                session.disconnect()
+                throw error
+            }
+        }
+    }
+
     /// Closes the connection and stops its thread; interrupts an in-flight call. Idempotent.
     public func close() {
         worker.stop()

@@ -43,7 +43,8 @@ struct Work: AsyncParsableCommand {
             var settings = Worker.Settings(config: config, vm: vmName, queue: queue)
             settings.burst = burst
             let worker = Worker(settings: settings, machine: try provider.machine(named: vmName),
-                                redis: redis.connect(), blockingRedis: redis.connect(), logger: logger)
+                                redis: redis.connect(), blockingRedis: redis.connect(),
+                                subscriptionRedis: redis.connect(), logger: logger)
             let signals = worker.handleSignals()
             defer { signals.cancel() }
             try await worker.run()

@@ -81,7 +81,7 @@ struct TestHost: Sendable {
         try await worker.run()
     }
 
-    func makeWorker(vm: String = "worker-1", adjust: (inout Worker.Settings) -> Void = { _ in }) throws -> Worker {
+    func makeWorker(vm: String = "worker-1", subscribed: Bool = true, adjust: (inout Worker.Settings) -> Void = { _ in }) throws -> Worker {
         let config = try config()
         var settings = Worker.Settings(config: config, vm: vm)
         settings.fetchBlock = .milliseconds(200)
@@ -94,7 +94,7 @@ struct TestHost: Sendable {
         }
         return Worker(settings: settings, machine: try provider.machine(named: vm),
                       redis: RedisConnection(endpoint: redisServer.endpoint), blockingRedis: RedisConnection(endpoint: redisServer.endpoint),
-                      logger: logger)
+                      subscriptionRedis: subscribed ? RedisConnection(endpoint: redisServer.endpoint) : nil, logger: logger)
     }
 
     /// Starts `tworker work` as a separate process against this host.

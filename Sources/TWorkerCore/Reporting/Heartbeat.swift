@@ -48,6 +48,12 @@ public final class Heartbeat: Sendable {
         await beat()
     }
 
+    /// Writes the state only when it differs from the current one.
+    public func updateIfChanged(_ state: WorkerState) async {
+        let same = current.withLock { $0.state == state }
+        if !same { await update(state) }
+    }
+
     /// Changes the state and returns the commands that write it, for a caller to send with
     /// its own (a job's state change and the worker's go in one round trip).
     public func transition(to state: WorkerState, job: String = "", lastError: String? = nil) -> [[String]] {

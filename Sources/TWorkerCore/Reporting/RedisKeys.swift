@@ -29,6 +29,10 @@ public struct RedisKeys: Sendable {
     /// Present while an operator's rebuild or reprovision holds the VM: its worker finishes
     /// the running job and takes no new one until the key is gone.
     public func maintenance(vm: String) -> String { "tworker:maintenance:\(host):\(vm)" }
+    /// Set by `tworker cancel` (holds the reason) so a worker that missed the message still cancels.
+    public func cancel(_ id: String) -> String { "tworker:cancel:\(id)" }
+    /// Pub/sub channel carrying the ids of cancelled jobs.
+    public static let cancelChannel = "tworker:cancel"
     public func workerMember(vm: String) -> String { "\(host):\(vm)" }
 }
 

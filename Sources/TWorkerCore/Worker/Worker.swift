@@ -69,11 +69,27 @@ public final class Worker: Sendable {
     let logger: Logger
     private let stop = Mutex<StopRequest>(.none)
     private let currentBuild = Mutex<Task<BuildOutcome, Never>?>(nil)
+    private let currentJob = Mutex<String?>(nil)
+    private let interruption = Mutex<Interruption?>(nil)
+    private let paused = Mutex<Bool>(false)
+    let subscriptionRedis: RedisConnection?
+
+    /// Why a running build was stopped from outside.
+    enum Interruption: Sendable, Equatable {
+        /// TERM/INT: the worker is stopping; the job goes back to the head of the queue.
+        case stop
+        /// USR1: the operator aborts the running job; it goes back to the head of the queue.
+        case abort
+        /// `tworker cancel`: the job ends `cancelled` and is never requeued.
+        case cancel(String)
+    }
     private let consecutiveFailures = Mutex<Int>(0)
     private let maintenanceCheck = Mutex<(at: ContinuousClock.Instant?, held: Bool)>((nil, false))
 
-    public init(settings: Settings, machine: any Machine, redis: RedisConnection, blockingRedis: RedisConnection, logger: Logger) {
+    public init(settings: Settings, machine: any Machine, redis: RedisConnection, blockingRedis: RedisConnection,
+                subscriptionRedis: RedisConnection? = nil, logger: Logger) {
         self.settings = settings
+        self.subscriptionRedis = subscriptionRedis
         self.machine = machine
         self.redis = redis
         self.logger = logger
@@ -89,7 +105,39 @@ public final class Worker: Sendable {
             current = max(current, request)
             return current == .immediate ? currentBuild.withLock { $0 } : nil
         }
-        build?.cancel()
+        if build != nil { interrupt(.stop) }
+    }
+
+    /// USR1: stops the running build and puts its job back at the head of the queue; the worker goes on.
+    public func abortCurrentJob() {
+        interrupt(.abort)
+    }
+
+    /// USR2 / CONT: take no new jobs until resumed (a running job finishes).
+    public func pause() {
+        paused.withLock { $0 = true }
+    }
+
+    public func resume() {
+        paused.withLock { $0 = false }
+    }
+
+    var isPaused: Bool { paused.withLock { $0 } }
+
+    /// Cancels job `id` if this worker runs it.
+    public func cancel(jobID id: String, reason: String) {
+        guard currentJob.withLock({ $0 }) == id else { return }
+        interrupt(.cancel(reason))
+    }
+
+    private func interrupt(_ why: Interruption) {
+        let build = currentBuild.withLock { $0 }
+        guard let build else { return }
+        interruption.withLock { current in
+            // A stop outranks an abort or a cancel that arrives with it.
+            if current != .stop { current = why }
+        }
+        build.cancel()
     }
 
     var stopRequest: StopRequest { stop.withLock { $0 } }
@@ -101,9 +149,17 @@ public final class Worker: Sendable {
         // A restart is the operator's way to clear a quarantine.
         _ = try await withRedisRetry(logger: logger, what: "clear quarantine") { try await redis.send(["DEL", keys.broken(vm: settings.vm)]) }
         try await recoverUnfinished()
+        let cancellations = watchCancellations()
+        defer { cancellations?.cancel() }
         logger.info("worker ready", metadata: ["vm": "\(settings.vm)", "queue": "\(queue.queueKey)", "host": "\(settings.host)"])
         await heartbeat.update(.idle)
         while stopRequest == .none {
+            if isPaused {
+                await heartbeat.updateIfChanged(.paused)
+                if settings.burst { break }
+                try? await Task.sleep(for: .milliseconds(100))
+                continue
+            }
             let heldBack = try await isInMaintenance() ? true : try await isQuarantined()
             if heldBack {
                 if settings.burst { break }
@@ -183,11 +239,66 @@ public final class Worker: Sendable {
         _ = try await withRedisRetry(logger: logger, what: "reach Redis") { try await redis.send(["PING"]) }
     }
 
+    // MARK: - Cancellation
+
+    /// Listens on `tworker:cancel` for the ids of cancelled jobs (reconnecting after failures).
+    private func watchCancellations() -> Task<Void, Never>? {
+        guard let subscriptionRedis else { return nil }
+        return Task { [self] in
+            while !Task.isCancelled {
+                do {
+                    try await subscriptionRedis.subscribe(RedisKeys.cancelChannel) { [self] message in
+                        let id = String(decoding: message, as: UTF8.self)
+                        guard currentJob.withLock({ $0 }) == id else { return }
+                        Task { await self.cancelFromRedis(id) }
+                    }
+                } catch {
+                    if Task.isCancelled { return }
+                    logger.debug("cancel subscription lost; resubscribing", metadata: ["error": "\(error)"])
+                    try? await Task.sleep(for: .seconds(1))
+                }
+            }
+        }
+    }
+
+    private func cancelFromRedis(_ id: String) async {
+        let reason = (try? await redis.send(["GET", keys.cancel(id)]))?.string
+        cancel(jobID: id, reason: reason?.isEmpty == false ? reason! : "cancelled")
+    }
+
+    /// The polling half: a missed message still cancels within a second.
+    private func pollCancellation(of id: String) async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(1))
+            if Task.isCancelled { return }
+            if let reason = (try? await redis.send(["GET", keys.cancel(id)]))?.string {
+                cancel(jobID: id, reason: reason.isEmpty ? "cancelled" : reason)
+                return
+            }
+        }
+    }
+
     // MARK: - Recovery
 
     /// Requeues what a previous run of this worker left in its processing list (it was killed
     /// mid-job), or gives the job up once it has used all its attempts.
     func recoverUnfinished() async throws {
+        // The same lock another host's master takes to reap this list: one requeue, never two.
+        let lock = ProcessingReaper.lockKey(host: settings.host, vm: settings.vm)
+        let token = UUID().uuidString
+        let deadline = ContinuousClock.now + ProcessingReaper.lockTime
+        while ContinuousClock.now < deadline {
+            let taken = try await withRedisRetry(logger: logger, what: "lock \(queue.processingKey)") {
+                try await redis.send(["SET", lock, token, "NX", "PX", String(ProcessingReaper.lockTime.components.seconds * 1000)])
+            }
+            if taken.string == "OK" { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        defer {
+            Task { [redis] in
+                _ = try? await redis.send(["EVAL", "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0", "1", lock, token])
+            }
+        }
         for raw in try await queue.unfinished().reversed() {
             switch JobDecoder.decode(raw) {
             case .failure(let error):
@@ -248,11 +359,18 @@ public final class Worker: Sendable {
         // One round trip for what this attempt needs to know: a job id that already finished
         // (a rerun) starts a fresh log; otherwise the log continues where the last attempt ended.
         let known = try await withRedisRetry(logger: logger, what: "read job \(id)") {
-            try await redis.pipeline([["HGET", keys.job(id), "state"], ["XREVRANGE", keys.log(id), "+", "-", "COUNT", "1"]])
+            try await redis.pipeline([["HGET", keys.job(id), "state"], ["XREVRANGE", keys.log(id), "+", "-", "COUNT", "1"],
+                                      ["GET", keys.cancel(id)]])
         }
         let rerun = known.first?.string.flatMap(JobState.init(rawValue:))?.isFinal ?? false
         let log = LogStreamer(redis: redis, key: keys.log(id), retention: settings.retention, logger: logger,
-                              lastNumber: rerun ? 0 : LogStreamer.lastNumber(in: known.last ?? .null))
+                              lastNumber: rerun ? 0 : LogStreamer.lastNumber(in: known.count > 1 ? known[1] : .null))
+        if let reason = known.count > 2 ? known[2].string : nil {
+            // Cancelled while it waited, but taken off the queue before the cancel could remove it.
+            await log.append("The job was cancelled before it started: \(reason)\n")
+            await finish(job, raw: raw, state: .cancelled, exitCode: nil, error: reason, log: log)
+            return
+        }
         if attempt > settings.maxAttempts {
             let reason = "The job already used its \(settings.maxAttempts) attempts."
             await log.append("\n\(reason)\n")
@@ -260,7 +378,7 @@ public final class Worker: Sendable {
             return
         }
         var received = ["attempts": String(attempt), "worker": settings.worker, "vm": settings.vm, "host": settings.host,
-                        "received_at": Timestamp.now(), "error": "", "exit_code": "", "finished_at": ""]
+                        "received_at": Timestamp.now(), "error": "", "exit_code": "", "finished_at": "", "queue": settings.queue]
         if let queuedAt = job.queuedAt { received["queued_at"] = queuedAt }
         var commands = rerun ? [["DEL", keys.log(id)]] : []
         commands += reporter.stateCommands(id: id, state: .received, fields: received, event: .received, at: Timestamp.now())
@@ -306,11 +424,21 @@ public final class Worker: Sendable {
             await log.append("\n\nThe machine \(settings.vm) failed: \(message)\n")
             try await retryElsewhere(job, raw: raw, reason: message, log: log, with: afterwards)
         case .interrupted:
-            await log.append("\n\nThe worker is stopping; the build was stopped and the job put back at the head of the queue.\n")
-            await log.drain()
-            try await queue.requeue(raw, as: raw, with: reporter.stateCommands(
-                id: id, state: .requeued, fields: ["error": "worker stopped"], event: .requeued, at: Timestamp.now()) + afterwards)
-            logger.info("job requeued: worker stopping", metadata: ["job": "\(id)"])
+            let why = interruption.withLock { value in defer { value = nil }; return value } ?? .stop
+            switch why {
+            case .cancel(let reason):
+                await log.append("\n\nThe job was cancelled: \(reason)\n")
+                await finish(job, raw: raw, state: .cancelled, exitCode: nil, error: reason, log: log, with: afterwards)
+            case .stop, .abort:
+                let message = why == .stop ? "The worker is stopping; the build was stopped and the job put back at the head of the queue."
+                    : "The build was aborted by the operator (USR1); the job was put back at the head of the queue."
+                await log.append("\n\n\(message)\n")
+                await log.drain()
+                try await queue.requeue(raw, as: raw, with: reporter.stateCommands(
+                    id: id, state: .requeued, fields: ["error": why == .stop ? "worker stopped" : "aborted by operator"],
+                    event: .requeued, at: Timestamp.now()) + afterwards)
+                logger.info("job requeued", metadata: ["job": "\(id)", "why": "\(why)"])
+            }
         }
         // Reported first, cleaned up after: the job's result does not wait for the VM's reset.
         await machine.release()
@@ -326,13 +454,17 @@ public final class Worker: Sendable {
                 await log.append(chunk)
             }
         }
+        currentJob.withLock { $0 = job.payload.id }
         let stopNow = stop.withLock { request -> Bool in
             currentBuild.withLock { $0 = task }
             return request == .immediate
         }
-        if stopNow { task.cancel() }
+        if stopNow { interrupt(.stop) }
+        let poller = Task { [self] in await pollCancellation(of: job.payload.id) }
         let outcome = await task.value
+        poller.cancel()
         currentBuild.withLock { $0 = nil }
+        currentJob.withLock { $0 = nil }
         return outcome
     }
 
@@ -365,19 +497,24 @@ public final class Worker: Sendable {
     /// in one transaction (retried until Redis takes it).
     private func finish(_ job: QueuedJob, raw: [UInt8], result: BuildResult, exitCode: Int32?, error: String?, log: LogStreamer,
                         with extra: [[String]] = []) async {
+        let state: JobState = switch result { case .passed: .passed; case .failed: .failed; case .errored: .errored }
+        await finish(job, raw: raw, state: state, exitCode: exitCode, error: error, log: log, with: extra)
+    }
+
+    private func finish(_ job: QueuedJob, raw: [UInt8], state: JobState, exitCode: Int32?, error: String?, log: LogStreamer,
+                        with extra: [[String]] = []) async {
         // The log's last entries and its `final` marker go in the same transaction as the state.
         let closing = await log.closingCommands()
         let id = job.payload.id
-        let state: JobState = switch result { case .passed: .passed; case .failed: .failed; case .errored: .errored }
         var commands = reporter.stateCommands(
             id: id, state: state,
             fields: ["finished_at": Timestamp.now(), "exit_code": exitCode.map(String.init) ?? "", "error": error ?? ""],
             event: .finished, at: Timestamp.now())
-        commands.append(["INCR", keys.processedCount])
+        if state != .cancelled { commands.append(["INCR", keys.processedCount]) }
         commands += extra
         do {
             try await queue.complete(raw, with: closing + commands.map(WorkQueue.bytes))
-            logger.info("job finished", metadata: ["job": "\(id)", "result": "\(result.rawValue)", "exit_code": "\(exitCode.map(String.init) ?? "-")"])
+            logger.info("job finished", metadata: ["job": "\(id)", "result": "\(state.rawValue)", "exit_code": "\(exitCode.map(String.init) ?? "-")"])
         } catch {
             logger.error("could not record the end of job \(id); it stays in the processing list", metadata: ["error": "\(error)"])
         }

@@ -3,17 +3,27 @@ import Logging
 import UnixSignals
 
 extension Worker {
-    /// Maps signals to stop requests, as Resque taught operators: QUIT finishes the running job
-    /// first, TERM and INT stop the build now and requeue its job; a second TERM/INT exits at once.
+    /// Maps signals as Resque taught operators: QUIT finishes the running job first, TERM and INT
+    /// stop the build now and requeue its job (a second one exits at once), USR1 aborts the
+    /// running job (requeued) and goes on, USR2 pauses, CONT resumes.
     public func handleSignals() -> Task<Void, Never> {
         Task { [self] in
-            let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sigquit)
+            let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sigquit, .sigusr1, .sigusr2, .sigcont)
             var immediateCount = 0
             for await signal in signals {
                 switch signal {
                 case .sigquit:
                     logger.info("SIGQUIT: finishing the current job, then exiting")
                     requestStop(.graceful)
+                case .sigusr1:
+                    logger.info("SIGUSR1: aborting the running job (requeued at the head); going on")
+                    abortCurrentJob()
+                case .sigusr2:
+                    logger.info("SIGUSR2: paused, taking no new jobs")
+                    pause()
+                case .sigcont:
+                    logger.info("SIGCONT: resumed")
+                    resume()
                 default:
                     immediateCount += 1
                     if immediateCount > 1 {

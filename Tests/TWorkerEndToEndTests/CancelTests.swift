@@ -1,0 +1,107 @@
+import Foundation
+import Testing
+import TWorkerCore
+import TWorkerTestSupport
+
+@Suite(.tags(.endToEnd))
+struct CancelTests {
+    @Test func aQueuedJobIsTakenOffItsQueueAndNeverRuns() async throws {
+        try await TestHost.with { host in
+            let doomed = try await host.push(script: ["echo should-never-run"])
+            let kept = try await host.push(script: ["echo kept"])
+            let result = try await host.cli(["cancel", doomed, "--reason", "not needed any more", "--env", "test", "--config-dir", host.configDir])
+            #expect(result.status == 0, "\(result.err)")
+            #expect(result.out.contains("removed from queue builds"))
+            try await host.runBurst()
+            let record = try await host.record(doomed)
+            #expect(record["state"] == "cancelled")
+            #expect(record["error"] == "not needed any more")
+            let log = try await host.log(doomed)
+            #expect(!log.text.contains("should-never-run"))
+            #expect(log.isFinal)
+            #expect(try await host.record(kept)["state"] == "passed")
+            #expect(try await host.events(for: doomed) == ["job:finished"])
+
+            let again = try await host.cli(["cancel", doomed, "--env", "test", "--config-dir", host.configDir])
+            #expect(again.status == 1)
+            #expect(again.err.contains("already ended: cancelled"))
+            let unknown = try await host.cli(["cancel", "no-such-job", "--env", "test", "--config-dir", host.configDir])
+            #expect(unknown.status == 1)
+        }
+    }
+
+    @Test(arguments: [true, false])
+    func aRunningBuildIsKilledWithinTwoSecondsAndNeverRequeued(subscribed: Bool) async throws {
+        try await TestHost.with { host in
+            let pidFile = host.directory.path + "/build.pid"
+            let id = try await host.push(script: ["echo $$ > \(pidFile); echo started", "sleep 30", "echo not-reached"])
+            let worker = try host.makeWorker(subscribed: subscribed) { $0.fetchBlock = .milliseconds(100) }
+            let running = Task { try await worker.run() }
+            let started = try await eventually { try await host.log(id).text.contains("started") }
+            #expect(started)
+            let requested = ContinuousClock.now
+            let result = try await host.cli(["cancel", id, "--reason", "superseded by a newer commit", "--env", "test", "--config-dir", host.configDir])
+            #expect(result.status == 0, "\(result.err)")
+            let cancelled = try await eventually(timeout: .seconds(2)) { try await host.record(id)["state"] == "cancelled" }
+            #expect(cancelled, "cancelled within 2 s (\(subscribed ? "pub/sub" : "polling only"))")
+            #expect(ContinuousClock.now - requested < .seconds(3))
+            let log = try await host.log(id)
+            #expect(log.text.contains("The job was cancelled: superseded by a newer commit"))
+            #expect(!log.text.contains("not-reached"))
+            #expect(log.isFinal)
+            #expect(try await host.record(id)["error"] == "superseded by a newer commit")
+            #expect(try await host.int(["LLEN", "resque:queue:builds"]) == 0, "never requeued")
+            #expect(try await host.int(["LLEN", host.keys.processing(vm: "worker-1")]) == 0)
+            let buildPID = try #require(pid_t(try String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
+            #expect(await eventually(timeout: .seconds(3)) { processIsGone(buildPID) }, "the build's processes are gone")
+
+            // The worker goes on.
+            let next = try await host.push(script: ["echo next"])
+            #expect(try await eventually { try await host.record(next)["state"] == "passed" })
+            worker.requestStop(.graceful)
+            try await running.value
+        }
+    }
+}
+
+@Suite(.tags(.endToEnd))
+struct PauseAndAbortTests {
+    @Test func usr1AbortsTheRunningJobWhichIsRequeuedAndTheWorkerGoesOn() async throws {
+        try await TestHost.with { host in
+            let runs = host.directory.path + "/runs"
+            let id = try await host.push(script: ["echo run >> \(runs)", "if [ $(wc -l < \(runs)) -lt 2 ]; then sleep 30; fi", "echo done"])
+            let worker = try host.spawnWorker()
+            let first = try await eventually { (try? String(contentsOfFile: runs, encoding: .utf8)) != nil }
+            #expect(first, "\(worker.output)")
+            try await Task.sleep(for: .milliseconds(200))
+            worker.signal(SIGUSR1)
+            let passed = try await eventually(timeout: .seconds(15)) { try await host.record(id)["state"] == "passed" }
+            #expect(passed, "\(worker.output)")
+            #expect(try await host.events(for: id) == ["job:received", "job:started", "job:requeued", "job:received", "job:started", "job:finished"])
+            #expect(try await host.log(id).text.contains("aborted by the operator (USR1)"))
+            #expect(try await host.record(id)["attempts"] == "1", "an operator's abort is not the job's attempt")
+            #expect(kill(worker.pid, 0) == 0, "the worker goes on")
+            worker.signal(SIGTERM)
+            #expect(await worker.waitForExit(timeout: .seconds(10)) == 0)
+        }
+    }
+
+    @Test func usr2PausesAndContResumes() async throws {
+        try await TestHost.with { host in
+            let worker = try host.spawnWorker()
+            let ready = try await eventually { try await host.redis.send(["HGET", host.keys.worker(vm: "worker-1"), "state"]).string == "idle" }
+            #expect(ready, "\(worker.output)")
+            worker.signal(SIGUSR2)
+            let paused = try await eventually { try await host.redis.send(["HGET", host.keys.worker(vm: "worker-1"), "state"]).string == "paused" }
+            #expect(paused)
+            let id = try await host.push(script: ["echo after-resume"])
+            try await Task.sleep(for: .milliseconds(1500))
+            #expect(try await host.record(id)["state"] == nil, "a paused worker takes no job")
+            worker.signal(SIGCONT)
+            let ran = try await eventually { try await host.record(id)["state"] == "passed" }
+            #expect(ran, "\(worker.output)")
+            worker.signal(SIGTERM)
+            #expect(await worker.waitForExit(timeout: .seconds(10)) == 0)
+        }
+    }
+}
