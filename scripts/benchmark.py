@@ -17,6 +17,7 @@ import getpass
 import json
 import datetime as dt
 import os
+import re
 import shutil
 import signal
 import socket
@@ -839,9 +840,84 @@ class Bench:
         finally:
             subprocess.run([fake, "__fake", "stop-all"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    def make_box(self, path, payload_bytes):
+        """A .box like a real one: metadata.json, box.ovf and a disk (for the fake: a tar of the guest's files)."""
+        import io
+        import tarfile
+        disk = io.BytesIO()
+        with tarfile.open(fileobj=disk, mode="w") as tar:
+            for name, data in (("etc/os-release", b"NAME=bench\n"), ("opt/payload.bin", os.urandom(payload_bytes))):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        disk_bytes = disk.getvalue()
+        ovf = ('<?xml version="1.0"?>\n<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" '
+               'xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"><References>'
+               '<File ovf:id="file1" ovf:href="box-disk001.vmdk" ovf:size="%d"/></References>'
+               '<VirtualSystem ovf:id="bench"><Info>A virtual machine</Info></VirtualSystem></Envelope>\n' % len(disk_bytes)).encode()
+        with tarfile.open(path, "w") as box:
+            for name, data in (("metadata.json", b'{"provider":"virtualbox"}'), ("box.ovf", ovf), ("box-disk001.vmdk", disk_bytes)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                box.addfile(info, io.BytesIO(data))
+        return len(disk_bytes)
+
+    def lifecycle(self):
+        """`tworker vagrant import` of 1, 3 and 6 workers, and both reprovision strategies, on the fake."""
+        print("\n== 6. VM lifecycle on the fake VBoxManage ==", flush=True)
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        fake = os.path.join(repo, "Tests", "Fixtures", "fakes", "VBoxManage")
+        res = self.results
+        for count in (1, 3, 6):
+            home = os.path.join(self.tmp, "lifecycle-%d" % count)
+            os.makedirs(os.path.join(home, "boxes", "provision"))
+            key = os.path.join(home, "id_ed25519")
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True, stdin=subprocess.DEVNULL)
+            shutil.copy(key + ".pub", os.path.join(home, "authorized_keys"))
+            with open(os.path.join(home, "boxes", "provision", "base.sh"), "w") as f:
+                f.write("#!/bin/bash\necho provisioned > provision-marker\n")
+            disk = self.make_box(os.path.join(home, "boxes", "base.box"), 4 << 20)
+            env = dict(self.worker_env, FAKE_VBOX_HOME=home)
+            port_base = free_port() - 1
+            cdir = self.write_config("lifecycle-%d" % count)
+            with open(os.path.join(cdir, "worker.yml"), "w") as f:
+                f.write("\n".join([
+                    "provider: virtualbox",
+                    "vms:", "  count: %d" % count, "  name_prefix: tworker-bench-", "  base_box: %s/boxes/base.box" % home,
+                    "ssh:", "  user: %s" % getpass.getuser(), "  key: %s" % key, "  port_base: %d" % port_base,
+                    "virtualbox:", "  vboxmanage: %s" % fake,
+                    "vagrant:", "  directory: %s/boxes" % home,
+                ]) + "\n")
+            def vagrant(*args):
+                t = time.monotonic()
+                r = subprocess.run([self.tworker, "vagrant"] + list(args) + ["--env", ENV, "--config-dir", cdir], env=env,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.tmp)
+                if r.returncode != 0:
+                    raise RuntimeError("tworker vagrant %s failed:\n%s" % (" ".join(args), r.stderr.decode(errors="replace")[-2000:]))
+                return time.monotonic() - t, r.stdout.decode(errors="replace")
+            def calls():
+                path = os.path.join(home, "calls.jsonl")
+                return [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
+            try:
+                took, _ = vagrant("import")
+                made = [c for c in calls() if c["argv"][:1] != ["__fake"]]
+                copied = int(open(os.path.join(home, "bytes_copied")).read().strip() or 0)
+                res.add("6 lifecycle", "import of %d workers: time, VBoxManage calls" % count, "%.1f s, %d calls" % (took, len(made)))
+                res.add("6 lifecycle", "import of %d workers: bytes copied (disk %d)" % (count, disk), "%d (%.2f disks)" % (copied, copied / disk),
+                        "one disk", copied < 2 * disk)
+                if count == 3:
+                    for strategy in ("each", "base", "each", "base"):
+                        took, out = vagrant("reprovision", "--strategy", strategy)
+                        estimate = next((l for l in out.splitlines() if l.startswith("Estimated")), "")
+                        guess = re.search(r"--strategy %s ([0-9.]+ s|[0-9]+m [0-9]+s|unknown)" % strategy, estimate)
+                        res.add("6 lifecycle", "reprovision --strategy %s of 3: estimated / actual" % strategy,
+                                "%s / %.1f s" % (guess.group(1) if guess else "?", took))
+            finally:
+                subprocess.run([fake, "__fake", "stop-all"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def run(self):
         sections = [("throughput", self.throughput), ("checkout", self.checkout),
-                    ("latency", self.latency), ("log", self.log_throughput), ("virtualbox", self.virtualbox)]
+                    ("latency", self.latency), ("log", self.log_throughput), ("virtualbox", self.virtualbox), ("lifecycle", self.lifecycle)]
         wanted = set(self.args.only.split(",")) if self.args.only else None
         t0 = time.monotonic()
         try:
@@ -895,7 +971,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2, help="rounds of sections 1 and 2; the best is reported (2)")
     ap.add_argument("--burst-timeout", type=int, default=120, help="seconds a --burst worker may run (120)")
     ap.add_argument("--vbox-jobs", type=int, default=20, help="jobs of the virtualbox section (20)")
-    ap.add_argument("--only", help="comma-separated sections: throughput,checkout,latency,log,virtualbox")
+    ap.add_argument("--only", help="comma-separated sections: throughput,checkout,latency,log,virtualbox,lifecycle")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (worker logs, config)")
     args = ap.parse_args()
     if not os.access(args.tworker, os.X_OK):

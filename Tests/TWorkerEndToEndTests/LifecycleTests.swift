@@ -281,3 +281,51 @@ extension ClosedRange where Bound == Int {
         return result
     }
 }
+
+@Suite(.tags(.endToEnd), .serialized)
+struct RebuildWithVagrantTests {
+    @Test func rebuildProvisionBakesANewBoxWithVagrantAndEveryWorkerComesFromIt() async throws {
+        try await LifecycleHost.with(workers: 2, provision: ["base.sh": "echo baked-into-the-box > baked-marker\n"]) { life in
+            let vagrant = try FakeVagrant(fake: life.fake, directory: life.host.directory.path + "/vagrant")
+            try "\nvagrant:\n  vagrant: \(vagrant.vagrantPath)\n  directory: \(life.boxesDir)\n".write(
+                toFile: life.host.configDir + "/worker.test.yml", atomically: true, encoding: .utf8)
+            try "# tworker's base VM (the fake vagrant reads only the environment)\n".write(toFile: life.boxesDir + "/Vagrantfile", atomically: true, encoding: .utf8)
+            #expect(try await life.vagrant(["import"]).status == 0)
+            let boxBefore = try BoxBuilder.readBox(life.box)
+            #expect(boxBefore.disk["baked-marker"] == nil)
+
+            let result = try await life.host.cli(["vagrant", "rebuild", "--yes", "--provision", "--env", "test", "--config-dir", life.host.configDir],
+                                                 environment: vagrant.environment)
+            #expect(result.status == 0, "\(result.err)\n\(result.out)")
+            #expect(result.out.contains("vagrant up --provision") && result.out.contains("vagrant package"))
+            let boxAfter = try BoxBuilder.readBox(life.box)
+            #expect(boxAfter.disk["baked-marker"] == "baked-into-the-box\n", "the provisioned base was packaged to vms.base_box")
+            let vagrantCalls = try vagrant.calls().map { $0.first ?? "" }
+            #expect(vagrantCalls == ["up", "package", "destroy"], "\(vagrantCalls)")
+
+            let id = try await life.host.push(script: ["cat baked-marker"])
+            try await life.host.runBurst(vm: "worker-2")
+            #expect(try await life.host.log(id).text.contains("baked-into-the-box"), "workers come from the new box")
+            let listed = try await life.fake.run(["list", "vms"]).stdout
+            #expect(!listed.contains("base-retired") && !listed.contains("base-build"), "the old base and the build VM are gone: \(listed)")
+        }
+    }
+
+    @Test func aFailingProvisionScriptStopsTheRebuildBeforeAnyVMIsTouched() async throws {
+        try await LifecycleHost.with(workers: 1, provision: ["base.sh": "echo broken provisioning >&2\nexit 3\n"]) { life in
+            let vagrant = try FakeVagrant(fake: life.fake, directory: life.host.directory.path + "/vagrant")
+            try "\nvagrant:\n  vagrant: \(vagrant.vagrantPath)\n".write(toFile: life.host.configDir + "/worker.test.yml", atomically: true, encoding: .utf8)
+            try "# fake\n".write(toFile: life.boxesDir + "/Vagrantfile", atomically: true, encoding: .utf8)
+            #expect(try await life.vagrant(["import"]).status == 0)
+            let uuid = try await life.fake.run(["showvminfo", "tworker-test-worker-1", "--machinereadable"]).stdout
+            let result = try await life.host.cli(["vagrant", "rebuild", "--yes", "--provision", "--env", "test", "--config-dir", life.host.configDir],
+                                                 environment: vagrant.environment)
+            #expect(result.status == 1)
+            #expect(result.err.contains("step 'vagrant up --provision' failed"), "\(result.err)")
+            #expect(result.err.contains("broken provisioning") || result.err.contains("non-zero exit status"), "the tool's own words: \(result.err)")
+            let after = try await life.fake.run(["showvminfo", "tworker-test-worker-1", "--machinereadable"]).stdout
+            #expect(after.split(separator: "\n").first { $0.hasPrefix("UUID=") } == uuid.split(separator: "\n").first { $0.hasPrefix("UUID=") },
+                    "the worker was not rebuilt")
+        }
+    }
+}
