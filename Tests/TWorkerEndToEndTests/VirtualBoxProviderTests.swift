@@ -30,8 +30,7 @@ struct VirtualBoxHost {
               port_base: \(portBase)
             virtualbox:
               vboxmanage: \(wrapper)
-            timeouts:
-              vm_boot: 15
+            \(extraConfig.contains("vm_boot") ? "" : "timeouts:\n  vm_boot: 15")
             """
             // The provider settings go in the operator's file, merged over the env file that
             // carries each test's own extras.
@@ -161,6 +160,18 @@ struct VirtualBoxProviderTests {
 
             // Three infrastructure errors in a row: the VM is quarantined.
             #expect(try await vbox.host.redis.send(["EXISTS", vbox.host.keys.broken(vm: "worker-1")]).int == 1)
+        }
+    }
+
+    @Test func sshThatNeverAnswersIsAnInfrastructureErrorAfterVMBoot() async throws {
+        try await VirtualBoxHost.with(extraConfig: "timeouts:\n  vm_boot: 2\nlimits:\n  max_attempts: 1\n") { vbox in
+            try vbox.fake.inject("startvm", fault: .neverBoots)
+            let id = try await vbox.host.push(script: ["echo never"])
+            try await vbox.host.runBurst()
+            let record = try await vbox.host.record(id)
+            #expect(record["state"] == "errored")
+            #expect(record["error"]?.contains("did not answer within 2 s (timeouts.vm_boot)") == true, "\(record)")
+            #expect(try await vbox.fake.state(of: "tworker-test-worker-1") != "running", "the VM was reset afterwards")
         }
     }
 
