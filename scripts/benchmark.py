@@ -6,6 +6,7 @@ Sections, each printed with its goal and PASS/MISS:
   2. checkout         50 jobs cloning a local git repo, beside a plain bash loop doing the same (best of --rounds)
   3. latency          200 jobs enqueued ~20 ms apart to a running worker: queued_at -> started_at
   4. log              one job printing 64 MiB: MiB/s, log stream size, peak and idle RSS
+  7. master           `tworker start` with vms.count 8: start -> all idle in Redis, total RSS of master + workers
 
 Everything lives in a temp dir (redis-server, config, state, git repo) removed at the end;
 redis-server and every worker are stopped by PID, always.  Exit code: 0 when every section
@@ -915,9 +916,86 @@ class Bench:
             finally:
                 subprocess.run([fake, "__fake", "stop-all"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    def master(self):
+        """`tworker start` with vms.count 8: time until all 8 workers report idle in Redis, total RSS."""
+        print("\n== 7. master: `tworker start` with 8 workers ==", flush=True)
+        section = "7 master"
+        count = 8
+        self.reset()
+        cdir = self.write_config("master")
+        with open(os.path.join(cdir, "worker.%s.yml" % ENV), "a") as f:
+            f.write("vms:\n  count: %d\n" % count)
+        # Benchmarks run as root on CI hosts: the workers may run as root here.
+        env = dict(self.worker_env, TWORKER_ALLOW_ROOT="1")
+        keys = ["tworker:worker:%s:worker-%d" % (HOST, n) for n in range(1, count + 1)]
+        log_path = os.path.join(self.tmp, "master.log")
+        logf = open(log_path, "wb")
+        t0 = time.monotonic()
+        p = subprocess.Popen([self.tworker, "start", "--env", ENV, "--config-dir", cdir], stdin=subprocess.DEVNULL,
+                             stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=self.tmp)
+        logf.close()
+        p.log_path = log_path
+        self.children.append(p)
+        workers = []
+        clean = False
+        try:
+            ready = None
+            deadline = t0 + 15
+            while time.monotonic() < deadline:
+                if p.poll() is not None:
+                    raise RuntimeError("the master exited %s:\n%s" % (p.returncode, tail(log_path)))
+                beats = self.r.pipeline([("HMGET", k, "state", "pid") for k in keys])
+                if all(b and b[0] == b"idle" for b in beats):
+                    ready = time.monotonic() - t0
+                    workers = [int(b[1]) for b in beats]
+                    break
+                time.sleep(0.002)
+            if ready is None:
+                raise RuntimeError("not all %d workers idle after 15 s:\n%s" % (count, tail(log_path)))
+            self.results.add(section, "start -> all %d workers idle in Redis" % count, "%.3f s" % ready, "< 1 s", ready < 1.0)
+            time.sleep(2)  # idle for a while: what a quiet host holds
+            master_rss = proc_status(p.pid, "VmRSS") or 0
+            rss = [proc_status(pid, "VmRSS") or 0 for pid in workers]
+            total = master_rss + sum(rss)
+            self.results.add(section, "RSS master + %d idle workers (sum of VmRSS)" % count, "%.1f MiB" % (total / 1024),
+                             "<= 80 MiB", total <= 80 * 1024)
+            self.results.add(section, "  master / each worker (min..max)", "%.1f MiB / %.1f..%.1f MiB"
+                             % (master_rss / 1024, min(rss) / 1024, max(rss) / 1024))
+            # VmRSS counts the binary's shared code pages in every process; PSS splits them.
+            def rollup(pid, field):
+                try:
+                    with open("/proc/%d/smaps_rollup" % pid) as f:
+                        return next((int(l.split()[1]) for l in f if l.startswith(field + ":")), 0)
+                except OSError:
+                    return 0
+            pids = [p.pid] + workers
+            self.results.add(section, "  sum of PSS (shared pages split) / sum of RssAnon", "%.1f MiB / %.1f MiB"
+                             % (sum(rollup(x, "Pss") for x in pids) / 1024, sum(proc_status(x, "RssAnon") or 0 for x in pids) / 1024))
+            t1 = time.monotonic()
+            p.send_signal(signal.SIGQUIT)
+            try:
+                p.wait(15)
+                clean = p.returncode == 0
+                self.results.add(section, "QUIT -> master and workers exited", "%.3f s (exit %d)" % (time.monotonic() - t1, p.returncode))
+            except subprocess.TimeoutExpired:
+                print("  master ignored QUIT for 15 s; killing it")
+        finally:
+            # The workers run in their own sessions: stop each by PID, never by name.
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            if p in self.children:
+                self.children.remove(p)
+            for pid in ([] if clean else workers):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
     def run(self):
         sections = [("throughput", self.throughput), ("checkout", self.checkout),
-                    ("latency", self.latency), ("log", self.log_throughput), ("virtualbox", self.virtualbox), ("lifecycle", self.lifecycle)]
+                    ("latency", self.latency), ("log", self.log_throughput), ("virtualbox", self.virtualbox), ("lifecycle", self.lifecycle),
+                    ("master", self.master)]
         wanted = set(self.args.only.split(",")) if self.args.only else None
         t0 = time.monotonic()
         try:
@@ -971,7 +1049,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2, help="rounds of sections 1 and 2; the best is reported (2)")
     ap.add_argument("--burst-timeout", type=int, default=120, help="seconds a --burst worker may run (120)")
     ap.add_argument("--vbox-jobs", type=int, default=20, help="jobs of the virtualbox section (20)")
-    ap.add_argument("--only", help="comma-separated sections: throughput,checkout,latency,log,virtualbox,lifecycle")
+    ap.add_argument("--only", help="comma-separated sections: throughput,checkout,latency,log,virtualbox,lifecycle,master")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (worker logs, config)")
     args = ap.parse_args()
     if not os.access(args.tworker, os.X_OK):

@@ -17,14 +17,8 @@ struct Cancel: AsyncParsableCommand {
     var reason: String = "cancelled by an operator"
 
     func run() async throws {
-        let config = try global.load().config
-        let logger = global.logger(config)
-        try await reportingFailures {
-            let setup = try await RedisSetup.resolve(config, logger: logger)
-            defer { setup.shutdown() }
-            let redis = setup.connect()
-            defer { redis.close() }
-            let keys = RedisKeys(namespace: config.redis.namespace, host: config.host)
+        try await global.withRedis { session in
+            let (config, logger, redis, keys) = (session.config, session.logger, session.redis, session.keys)
             let cancellation = JobCancellation(redis: redis, keys: keys, retention: config.reporting.retention)
             switch try await cancellation.cancel(id: id, reason: reason) {
             case .removedFromQueue(let queue):

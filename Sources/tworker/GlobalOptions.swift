@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import RedisClient
 import TWorkerCore
 
 /// Options every command takes: which config to load.
@@ -29,6 +30,32 @@ struct GlobalOptions: ParsableArguments {
         var logger = Logger(label: label) { StreamLogHandler.standardError(label: $0) }
         logger.logLevel = config.verbose ? .debug : .info
         return logger
+    }
+}
+
+/// What a short-lived command needs to talk to Redis: the config, a logger, one connection
+/// and the key names.
+struct RedisSession {
+    let config: WorkerConfig
+    let logger: Logger
+    let redis: RedisConnection
+    let keys: RedisKeys
+}
+
+extension GlobalOptions {
+    /// Loads the config, connects (starting the embedded Redis if that is the config's), runs
+    /// `body`, and turns failures into one clear line and exit code 1.
+    func withRedis(_ body: (RedisSession) async throws -> Void) async throws {
+        let config = try load().config
+        let logger = logger(config)
+        try await reportingFailures {
+            let setup = try await RedisSetup.resolve(config, logger: logger)
+            defer { setup.shutdown() }
+            let redis = setup.connect()
+            defer { redis.close() }
+            try await body(RedisSession(config: config, logger: logger, redis: redis,
+                                        keys: RedisKeys(namespace: config.redis.namespace, host: config.host)))
+        }
     }
 }
 

@@ -21,14 +21,8 @@ struct JobCommand: AsyncParsableCommand {
                              "finished_at", "exit_code", "error"]
 
     func run() async throws {
-        let config = try global.load().config
-        let logger = global.logger(config)
-        try await reportingFailures {
-            let setup = try await RedisSetup.resolve(config, logger: logger)
-            defer { setup.shutdown() }
-            let redis = setup.connect()
-            defer { redis.close() }
-            let keys = RedisKeys(namespace: config.redis.namespace, host: config.host)
+        try await global.withRedis { session in
+            let (config, logger, redis, keys) = (session.config, session.logger, session.redis, session.keys)
             let reporter = JobReporter(redis: redis, keys: keys, retention: config.reporting.retention, worker: "", logger: logger)
             let record = try await reporter.read(id: id)
             guard !record.isEmpty else {

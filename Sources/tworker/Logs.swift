@@ -18,14 +18,8 @@ struct Logs: AsyncParsableCommand {
     var follow = false
 
     func run() async throws {
-        let config = try global.load().config
-        let logger = global.logger(config)
-        try await reportingFailures {
-            let setup = try await RedisSetup.resolve(config, logger: logger)
-            defer { setup.shutdown() }
-            let redis = setup.connect()
-            defer { redis.close() }
-            let keys = RedisKeys(namespace: config.redis.namespace, host: config.host)
+        try await global.withRedis { session in
+            let (logger, redis, keys) = (session.logger, session.redis, session.keys)
             let key = keys.log(id)
             var lastID = "0-0"
             var sawAnything = false

@@ -31,7 +31,9 @@ struct Work: AsyncParsableCommand {
         guard vmName.range(of: "^[A-Za-z0-9_.-]{1,64}$", options: .regularExpression) != nil else {
             throw ValidationError("--vm '\(vmName)': a VM name is 1-64 characters of A-Z a-z 0-9 _ . -")
         }
-        let logger = global.logger(config)
+        var logger = global.logger(config)
+        // A master's log interleaves its workers' lines: each names its VM.
+        logger[metadataKey: "vm"] = "\(vmName)"
         try await reportingFailures {
             let redis = try await RedisSetup.resolve(config, logger: logger)
             defer { redis.shutdown() }
@@ -42,10 +44,12 @@ struct Work: AsyncParsableCommand {
             }
             var settings = Worker.Settings(config: config, vm: vmName, queue: queue)
             settings.burst = burst
+            settings.startPaused = ProcessInfo.processInfo.environment["TWORKER_START_PAUSED"] == "1"
+            settings.masterPID = ProcessInfo.processInfo.environment["TWORKER_MASTER_PID"].flatMap { pid_t($0) }
             let worker = Worker(settings: settings, machine: try provider.machine(named: vmName),
                                 redis: redis.connect(), blockingRedis: redis.connect(),
                                 subscriptionRedis: redis.connect(), logger: logger)
-            let signals = worker.handleSignals()
+            let signals = await worker.handleSignals()
             defer { signals.cancel() }
             try await worker.run()
         }

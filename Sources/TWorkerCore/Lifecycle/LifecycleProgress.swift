@@ -27,6 +27,7 @@ public final class LifecycleProgress: @unchecked Sendable {
     }
 
     /// Runs one step of `vm`, printing `vm  step  1.23 s` (or `FAILED`) when it ends.
+    @discardableResult
     public func step<T>(_ vm: String, _ name: String, _ body: () async throws -> T) async throws -> T {
         let started = ContinuousClock.now
         do {

@@ -46,7 +46,9 @@ public struct WorkerVMs: Sendable {
 
     /// UUID of the first snapshot called `name`, depth-first (as VirtualBox resolves names).
     public func snapshotUUID(_ vm: String, named name: String) async throws -> String? {
-        guard let list = try? MachineReadable(try await runner.run(.snapshotList(vm)).stdout) else { return nil }
+        // A VM without snapshots makes `snapshot list` fail: then there is no such snapshot.
+        guard let output = try? await runner.run(.snapshotList(vm)) else { return nil }
+        let list = MachineReadable(output.stdout)
         let match = list.values.filter { ($0.key == "SnapshotName" || $0.key.hasPrefix("SnapshotName-")) && $0.value == name }
             .map(\.key).sorted().first
         return match.map { list[$0.replacingOccurrences(of: "SnapshotName", with: "SnapshotUUID")] } ?? nil

@@ -48,6 +48,12 @@ public final class Heartbeat: Sendable {
         await beat()
     }
 
+    /// Back to `idle` if the worker is in `state` (resumed after a pause).
+    public func leave(_ state: WorkerState) async {
+        let inIt = current.withLock { $0.state == state }
+        if inIt { await update(.idle) }
+    }
+
     /// Writes the state only when it differs from the current one.
     public func updateIfChanged(_ state: WorkerState) async {
         let same = current.withLock { $0.state == state }

@@ -32,6 +32,10 @@ public final class Worker: Sendable {
         public var fetchBlock: Duration = .seconds(1)
         /// Exit once the queue is empty instead of waiting for more.
         public var burst: Bool = false
+        /// Start paused (a master resuming a paused pool).
+        public var startPaused: Bool = false
+        /// The master this worker belongs to; when it is gone the worker finishes its job and exits.
+        public var masterPID: pid_t?
 
         public init(vm: String, queue: String, host: String, namespace: String, maxAttempts: Int, retention: Int,
                     heartbeatInterval: Int, limits: BuildLimits) {
@@ -144,6 +148,7 @@ public final class Worker: Sendable {
 
     /// Serves the queue until stopped (or, in burst mode, until it is empty).
     public func run() async throws {
+        if settings.startPaused { pause() }
         heartbeat.start()
         defer { logger.info("worker stopped", metadata: ["vm": "\(settings.vm)"]) }
         // A restart is the operator's way to clear a quarantine.
@@ -154,12 +159,18 @@ public final class Worker: Sendable {
         logger.info("worker ready", metadata: ["vm": "\(settings.vm)", "queue": "\(queue.queueKey)", "host": "\(settings.host)"])
         await heartbeat.update(.idle)
         while stopRequest == .none {
+            if let master = settings.masterPID, getppid() != master {
+                logger.warning("the master (pid \(master)) is gone; finishing and exiting")
+                requestStop(.graceful)
+                break
+            }
             if isPaused {
                 await heartbeat.updateIfChanged(.paused)
                 if settings.burst { break }
                 try? await Task.sleep(for: .milliseconds(100))
                 continue
             }
+            await heartbeat.leave(.paused)
             let heldBack = try await isInMaintenance() ? true : try await isQuarantined()
             if heldBack {
                 if settings.burst { break }
@@ -511,6 +522,7 @@ public final class Worker: Sendable {
             fields: ["finished_at": Timestamp.now(), "exit_code": exitCode.map(String.init) ?? "", "error": error ?? ""],
             event: .finished, at: Timestamp.now())
         if state != .cancelled { commands.append(["INCR", keys.processedCount]) }
+        commands.append(["HINCRBY", keys.worker(vm: settings.vm), "jobs_done", "1"])
         commands += extra
         do {
             try await queue.complete(raw, with: closing + commands.map(WorkQueue.bytes))

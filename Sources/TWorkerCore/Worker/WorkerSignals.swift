@@ -6,9 +6,11 @@ extension Worker {
     /// Maps signals as Resque taught operators: QUIT finishes the running job first, TERM and INT
     /// stop the build now and requeue its job (a second one exits at once), USR1 aborts the
     /// running job (requeued) and goes on, USR2 pauses, CONT resumes.
-    public func handleSignals() -> Task<Void, Never> {
-        Task { [self] in
-            let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sigquit, .sigusr1, .sigusr2, .sigcont)
+    /// Returns once the handlers are installed, so no signal can meet its default action (USR1
+    /// and USR2 would kill the process) after the worker announced itself.
+    public func handleSignals() async -> Task<Void, Never> {
+        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sigquit, .sigusr1, .sigusr2, .sigcont)
+        return Task { [self] in
             var immediateCount = 0
             for await signal in signals {
                 switch signal {

@@ -1,0 +1,80 @@
+import ArgumentParser
+import Foundation
+import RedisClient
+import TWorkerCore
+
+struct Start: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the master in the foreground: one supervised `tworker work --vm worker-N` per VM.",
+        discussion: """
+        A child that dies is restarted (at once, then 1 s doubling to 60 s while it keeps dying). \
+        One master per config and host (<state_dir>/run/tworker.pid); the CLI talks to it over \
+        <state_dir>/run/tworker.sock (tworker stop|restart|pause|resume|status).
+        Signals: QUIT stop gracefully (running jobs finish); TERM/INT stop now (builds stopped, jobs \
+        requeued; a second one kills the workers at once); USR1 abort the running jobs (requeued) and \
+        go on; USR2 pause (take no new jobs); CONT resume; HUP reload the config and restart the \
+        workers gracefully; TTIN/TTOU one worker more/less.
+        As root the workers run as `user`/`group`, or as root only with allow_root \
+        (for now: TWORKER_USER, TWORKER_GROUP, TWORKER_ALLOW_ROOT=1; TWORKER_WORKER_MEMORY=MiB).
+        """
+    )
+
+    @OptionGroup var global: GlobalOptions
+
+    func run() async throws {
+        MemoryTuning.apply()
+        let config = try global.load().config
+        let settings = SupervisorSettings(config: config)
+        let account: WorkerAccount?
+        do {
+            account = try WorkerAccount.resolve(settings)
+        } catch {
+            printError(error.description)
+            throw ExitCode.failure
+        }
+        let paths = MasterPaths(stateDir: config.stateDir)
+        let lock: MasterLock
+        do {
+            lock = try MasterLock(paths: paths)
+        } catch let held as MasterLock.Held {
+            printError(held.description)
+            throw ExitCode.failure
+        }
+        defer { lock.release() }
+        let logger = global.logger(config, label: "tworker.master")
+        let global = global
+        try await reportingFailures {
+            let redis = try await RedisSetup.resolve(config, logger: logger)
+            defer { redis.shutdown() }
+            let connection = RedisConnection(endpoint: redis.endpoint, connectTimeout: .seconds(2), commandTimeout: .seconds(5), logger: logger)
+            defer { connection.close() }
+            var arguments: [String] = []
+            if let env = global.env { arguments += ["--env", env] }
+            if let dir = global.configDir { arguments += ["--config-dir", dir] }
+            if global.verbose { arguments.append("--verbose") }
+            let setup = Master.Setup(
+                executable: Self.ownExecutable(),
+                arguments: arguments,
+                loadConfig: {
+                    try ConfigLoader(configDir: global.configDir, env: global.env, verbose: global.verbose ? true : nil).load().config
+                },
+                configDir: global.configDir ?? ProcessInfo.processInfo.environment["TWORKER_CONFIG_DIR"],
+                reaper: Master.processingReaper)
+            let master = Master(config: config, settings: settings, account: account, setup: setup, redis: connection, logger: logger)
+            let server = try ControlServer(path: paths.socket) { request in await master.control(request) }
+            defer { server.close() }
+            let code = await master.run()
+            if code != 0 { throw ExitCode(code) }
+        }
+    }
+
+    /// The running binary's path (so a deploy that replaced it starts the new one on HUP).
+    static func ownExecutable() -> String {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let count = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard count > 0 else { return CommandLine.arguments[0] }
+        var path = String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if path.hasSuffix(" (deleted)") { path.removeLast(" (deleted)".count) }
+        return FileManager.default.isExecutableFile(atPath: path) ? path : "/proc/self/exe"
+    }
+}
