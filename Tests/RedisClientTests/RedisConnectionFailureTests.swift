@@ -101,8 +101,9 @@ struct RedisConnectionFailureTests {
             await server.stop()
             let recorder = LogRecorder()
             let attempts = Counter()
+            // Long enough for the 10-40 ms backoff to reach its cap even on a loaded machine.
             let restarter = Task {
-                try await Task.sleep(for: .milliseconds(300))
+                try await Task.sleep(for: .milliseconds(800))
                 try await server.restart()
             }
             let reply = try await withRedisRetry(
