@@ -71,7 +71,7 @@ struct PauseAndAbortTests {
             let runs = host.directory.path + "/runs"
             let id = try await host.push(script: ["echo run >> \(runs)", "if [ $(wc -l < \(runs)) -lt 2 ]; then sleep 30; fi", "echo done"])
             let worker = try host.spawnWorker()
-            let first = try await eventually { (try? String(contentsOfFile: runs, encoding: .utf8)) != nil }
+            let first = await eventually { (try? String(contentsOfFile: runs, encoding: .utf8)) != nil }
             #expect(first, "\(worker.output)")
             try await Task.sleep(for: .milliseconds(200))
             worker.signal(SIGUSR1)

@@ -348,54 +348,11 @@ public final class FakeVirtualBox: Sendable {
             try? FileManager.default.removeItem(atPath: outPath)
             try? FileManager.default.removeItem(atPath: errPath)
         }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var emptyMask = sigset_t()
-        sigemptyset(&emptyMask)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for signal in [SIGPIPE, SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGHUP] { sigaddset(&defaults, signal) }
-        posix_spawnattr_setsigmask(&attributes, &emptyMask)
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setpgroup(&attributes, 0)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
-
-        let argv = ([executable] + args).map { strdup($0) }
-        let envp = environment.map { strdup("\($0.key)=\($0.value)") }
-        defer { (argv + envp).forEach { free($0) } }
-        var cArguments = argv + [nil]
-        var cEnvironment = envp + [nil]
-        var pid: pid_t = 0
-        let spawned = cArguments.withUnsafeMutableBufferPointer { arguments in
-            cEnvironment.withUnsafeMutableBufferPointer { env in
-                posix_spawn(&pid, executable, &actions, &attributes, arguments.baseAddress!, env.baseAddress!)
-            }
+        let process = try SpawnedProcess.spawn(executable, args, environment: environment, log: outPath, errorLog: errPath)
+        guard let exitStatus = await process.waitForExit(timeout: timeout) else {
+            await process.kill9()
+            throw FakeVBoxTimeout(pid: process.pid, arguments: args)
         }
-        guard spawned == 0 else {
-            throw TestSupportError("posix_spawn(\(executable)) failed: \(String(cString: strerror(spawned)))")
-        }
-        let deadline = ContinuousClock.now + timeout
-        var status: Int32 = 0
-        while true {
-            let result = waitpid(pid, &status, WNOHANG)
-            if result == pid { break }
-            if result < 0 && errno != EINTR { throw TestSupportError("waitpid(\(pid)) failed: errno \(errno)") }
-            if ContinuousClock.now >= deadline {
-                kill(-pid, SIGKILL)
-                kill(pid, SIGKILL)
-                _ = waitpid(pid, &status, 0)
-                throw FakeVBoxTimeout(pid: pid, arguments: args)
-            }
-            try? await Task.sleep(for: .milliseconds(5))
-        }
-        let exitStatus = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
         let out = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
         let err = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
         return (exitStatus, out, err)

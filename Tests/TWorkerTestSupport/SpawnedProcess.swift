@@ -11,14 +11,20 @@ public final class SpawnedProcess: Sendable {
         self.logPath = logPath
     }
 
-    /// Starts `executable` with exactly `environment`, stdin from /dev/null, stdout+stderr to `log`.
-    public static func spawn(_ executable: String, _ arguments: [String], environment: [String: String], log: String) throws -> SpawnedProcess {
+    /// Starts `executable` with exactly `environment`, stdin from /dev/null, stdout to `log` and
+    /// stderr there too or, when given, to `errorLog`; in a process group of its own.
+    public static func spawn(_ executable: String, _ arguments: [String], environment: [String: String], log: String,
+                             errorLog: String? = nil) throws -> SpawnedProcess {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        if let errorLog {
+            posix_spawn_file_actions_addopen(&actions, 2, errorLog, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        } else {
+            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        }
 
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -27,7 +33,7 @@ public final class SpawnedProcess: Sendable {
         sigemptyset(&emptyMask)
         var defaults = sigset_t()
         sigemptyset(&defaults)
-        for signal in [SIGPIPE, SIGTERM, SIGINT, SIGQUIT, SIGCHLD] { sigaddset(&defaults, signal) }
+        for signal in [SIGPIPE, SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGHUP] { sigaddset(&defaults, signal) }
         posix_spawnattr_setsigmask(&attributes, &emptyMask)
         posix_spawnattr_setsigdefault(&attributes, &defaults)
         // Own process group: a test's signals reach only this child and what it starts.
