@@ -28,7 +28,8 @@ struct SignalTests {
 
     @Test func quitFinishesTheCurrentJobThenExits() async throws {
         try await TestHost.with { host in
-            let id = try await host.push(script: ["echo running", "sleep 1", "echo finished-anyway"])
+            // Long enough that QUIT surely lands while the job runs, even on a loaded machine.
+            let id = try await host.push(script: ["echo running", "sleep 3", "echo finished-anyway"])
             let next = try await host.push(script: ["true"])
             let worker = try host.spawnWorker()
             let started = try await eventually { try await host.log(id).text.contains("running") }
