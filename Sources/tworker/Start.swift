@@ -14,8 +14,8 @@ struct Start: AsyncParsableCommand {
         requeued; a second one kills the workers at once); USR1 abort the running jobs (requeued) and \
         go on; USR2 pause (take no new jobs); CONT resume; HUP reload the config and restart the \
         workers gracefully; TTIN/TTOU one worker more/less.
-        As root the workers run as `user`/`group`, or as root only with allow_root \
-        (for now: TWORKER_USER, TWORKER_GROUP, TWORKER_ALLOW_ROOT=1; TWORKER_WORKER_MEMORY=MiB).
+        As root the workers run as the config's `user`/`group`, or as root only with `allow_root: true` \
+        (TWORKER_USER, TWORKER_GROUP, TWORKER_ALLOW_ROOT and TWORKER_WORKER_MEMORY override them for one run).
         """
     )
 

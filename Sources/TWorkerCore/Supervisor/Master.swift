@@ -237,9 +237,8 @@ public actor Master {
             options.groupID = account.gid
             options.supplementaryGroups = account.groups
         }
-        // TEMPORARY hint for the worker (not read yet): start paused, so a replacement started
-        // while paused takes no job before its USR2 arrives.
-        // TWORKER_MASTER_PID: for the worker to exit when orphaned (not read yet either).
+        // TWORKER_START_PAUSED: a replacement started while the pool is paused takes no job
+        // before its USR2 could arrive. TWORKER_MASTER_PID: the worker exits when orphaned.
         let environment = Environment.inherit.updating(["VM": nil, "TWORKER_START_PAUSED": slot.paused ? "1" : nil,
                                                         "TWORKER_MASTER_PID": String(getpid())])
         let executable = setup.executable
