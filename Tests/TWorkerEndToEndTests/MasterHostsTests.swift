@@ -24,14 +24,7 @@ struct MasterHostsTests {
             }
             let first = try host.spawnMaster()
             var workerPIDs: [Int32] = []
-            let second = try SpawnedProcess.spawn(try tworkerExecutable(), ["start", "--env", "test", "--config-dir", otherConfig],
-                                                  environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
-                                                                "HOME": host.directory.path, "TWORKER_ALLOW_ROOT": "1"],
-                                                  log: host.directory.path + "/master-other.log")
-            defer {
-                for pid in workerPIDs where !processIsGone(pid) { kill(pid, SIGKILL) }
-                second.signal(SIGTERM)
-            }
+            defer { for pid in workerPIDs where !processIsGone(pid) { kill(pid, SIGKILL) } }
             let running = try await eventually(timeout: .seconds(15)) {
                 var started = 0
                 for id in ids {
@@ -42,6 +35,12 @@ struct MasterHostsTests {
             }
             #expect(running, "both jobs started on the first host:\n\(first.output)")
             workerPIDs = Array(first.workerPIDs().values)
+            // The other host comes up only now, so the first one holds both jobs when it dies.
+            let second = try SpawnedProcess.spawn(try tworkerExecutable(), ["start", "--env", "test", "--config-dir", otherConfig],
+                                                  environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
+                                                                "HOME": host.directory.path, "TWORKER_ALLOW_ROOT": "1"],
+                                                  log: host.directory.path + "/master-other.log")
+            defer { if !processIsGone(second.pid) { second.signal(SIGTERM) } }
 
             // The first host dies: master, workers and builds, all at once.
             kill(first.pid, SIGKILL)
