@@ -26,10 +26,8 @@ struct LifecycleHost {
                 }
                 let box = boxesDir + "/base.box"
                 let diskSize = try BoxBuilder.makeBox(at: box, files: ["etc/os-release": "NAME=tworker-test-box\n", "home/README": String(repeating: "x", count: 200_000)])
-                let wrapper = fake.home + "/VBoxManage-wrapper"
-                try "#!/bin/sh\nFAKE_VBOX_HOME='\(fake.home)' exec '\(fake.vboxmanagePath)' \"$@\"\n".write(toFile: wrapper, atomically: true, encoding: .utf8)
-                chmod(wrapper, 0o755)
-                let user = String(cString: getpwuid(getuid())!.pointee.pw_name)
+                let wrapper = try fake.selfContainedVBoxManage()
+                let user = FakeVirtualBox.currentUser
                 let config = """
                 provider: virtualbox
                 vms:

@@ -13,12 +13,8 @@ struct VirtualBoxHost {
     static func with(extraConfig: String = "", vms: Int = 1, _ body: (VirtualBoxHost) async throws -> Void) async throws {
         try await withFakeVirtualBox { fake in
             let portBase = try freePortBase(count: vms)
-            // The fake finds its state through FAKE_VBOX_HOME; a wrapper sets it for workers
-            // running inside this test process.
-            let wrapper = fake.home + "/VBoxManage-wrapper"
-            try "#!/bin/sh\nFAKE_VBOX_HOME='\(fake.home)' exec '\(fake.vboxmanagePath)' \"$@\"\n".write(toFile: wrapper, atomically: true, encoding: .utf8)
-            chmod(wrapper, 0o755)
-            let user = String(cString: getpwuid(getuid())!.pointee.pw_name)
+            let wrapper = try fake.selfContainedVBoxManage()
+            let user = FakeVirtualBox.currentUser
             let config = """
             provider: virtualbox
             vms:

@@ -163,6 +163,18 @@ public final class FakeVirtualBox: Sendable {
     /// `_ACPI_DELAY` would override them (see `knobEnvironment`).
     public var environment: [String: String] { ["FAKE_VBOX_HOME": home] }
 
+    /// A `VBoxManage` that needs no FAKE_VBOX_HOME: for workers running inside the test process,
+    /// whose environment a test cannot change safely.
+    public func selfContainedVBoxManage() throws -> String {
+        let wrapper = home + "/VBoxManage-wrapper"
+        try "#!/bin/sh\nFAKE_VBOX_HOME='\(home)' exec '\(vboxmanagePath)' \"$@\"\n".write(toFile: wrapper, atomically: true, encoding: .utf8)
+        chmod(wrapper, 0o755)
+        return wrapper
+    }
+
+    /// The user the tests run as: the fake guests log in as that user.
+    public static var currentUser: String { String(cString: getpwuid(getuid())!.pointee.pw_name) }
+
     /// The current knobs as environment variables (they override settings.json for that process).
     public var knobEnvironment: [String: String] {
         let value = settings.withLock { $0 }

@@ -9,12 +9,10 @@ public struct MasterPaths: Sendable, Equatable {
     public var socket: String { directory + "/tworker.sock" }
 }
 
-/// One master per config and host: `<state_dir>/run/tworker.pid` holds the master's pid under
-/// an flock for as long as it runs (the kernel drops the lock with the process, so a stale file
-/// from a killed master holds nothing).
+/// One master per config and host: `<state_dir>/run/tworker.pid`, held for as long as it runs.
 public final class MasterLock: Sendable {
-    public let path: String
-    private let fd: Int32
+    private let lock: PidFileLock
+    public var path: String { lock.path }
 
     public struct Held: Error, CustomStringConvertible {
         public var path: String
@@ -25,40 +23,21 @@ public final class MasterLock: Sendable {
     }
 
     public init(paths: MasterPaths) throws {
-        try FileManager.default.createDirectory(atPath: paths.directory, withIntermediateDirectories: true)
-        path = paths.pidFile
-        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path]) }
-        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
-            let pid = Self.read(fd)
-            close(fd)
-            throw Held(path: path, pid: pid ?? "unknown")
+        do {
+            lock = try PidFileLock(path: paths.pidFile)
+        } catch let held as PidFileLock.Held {
+            throw Held(path: held.path, pid: held.pid)
         }
-        let text = Array("\(getpid())\n".utf8)
-        _ = ftruncate(fd, 0)
-        _ = pwrite(fd, text, text.count, 0)
     }
 
     /// The pid of the running master, nil when none holds the lock.
     public static func runningPID(paths: MasterPaths) -> pid_t? {
-        let fd = open(paths.pidFile, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        guard flock(fd, LOCK_SH | LOCK_NB) != 0 else { return nil }
-        return read(fd).flatMap { pid_t($0) }
-    }
-
-    private static func read(_ fd: Int32) -> String? {
-        var buffer = [UInt8](repeating: 0, count: 32)
-        let count = pread(fd, &buffer, buffer.count, 0)
-        let text = String(decoding: buffer.prefix(max(0, count)), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        return text.isEmpty ? nil : text
+        PidFileLock.holder(of: paths.pidFile)
     }
 
     /// Removes the pidfile and drops the lock.
     public func release() {
-        unlink(path)
-        close(fd)
+        lock.release()
     }
 }
 
