@@ -11,10 +11,10 @@ struct ScriptedMachine: Machine {
     var pauseAfterChunks: Duration = .zero
     var failure: String?
 
-    func prepare() async throws {}
-    func release() async {}
+    func prepare() async throws(InfrastructureError) {}
+    func release() async throws(InfrastructureError) {}
 
-    func run(script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws -> BuildExit {
+    func run(script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws(InfrastructureError) -> BuildExit {
         if let failure { throw InfrastructureError(failure) }
         for chunk in chunks { await output(Array(chunk.utf8)) }
         if pauseAfterChunks > .zero {
@@ -133,5 +133,19 @@ private final class Collected: Sendable {
         task.cancel()
         let (outcome, _) = await task.value
         #expect(outcome == .interrupted)
+    }
+
+    // MARK: - Limits whoever wins the race
+
+    /// The build exits the moment it has printed: the 100 ms watchdog never gets a look.
+    @Test func aCutLogErrorsTheJobEvenWhenTheBuildExitsFirst() async {
+        let chunks = [String(repeating: "x", count: 5000), "the end\n"]
+        let (outcome, log) = await run(ScriptedMachine(chunks: chunks, exit: .exited(0)), limits(length: 1000))
+        #expect(log.utf8.count == 1000)
+        guard case .finished(.errored, 0, let message?) = outcome else {
+            Issue.record("expected errored, got \(outcome)")
+            return
+        }
+        #expect(message.contains("exceeded the limit of 1000 bytes"))
     }
 }

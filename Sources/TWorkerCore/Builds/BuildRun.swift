@@ -46,15 +46,13 @@ public enum BuildRun {
         let monitor = OutputMonitor(limits: limits)
         let outcome = await withTaskGroup(of: RunnerEvent.self) { group -> BuildOutcome in
             group.addTask {
-                do {
+                do throws(InfrastructureError) {
                     let exit = try await machine.run(script: script, jobID: jobID) { chunk in
                         if let accepted = monitor.accept(chunk) { await log(accepted) }
                     }
                     return .exited(exit)
-                } catch let error as InfrastructureError {
-                    return .infrastructure(error.message)
                 } catch {
-                    return .infrastructure("\(error)")
+                    return .infrastructure(error.message)
                 }
             }
             group.addTask {
@@ -74,10 +72,12 @@ public enum BuildRun {
                     continue
                 case .exited(let exit):
                     group.cancelAll()
-                    return classify(exit: exit, violation: violation, monitor: monitor)
+                    // A build that exits before the watchdog's next look still broke the limit
+                    // it broke: the log was cut, or the time ran out, whoever won the race.
+                    return classify(exit: exit, violation: violation ?? monitor.violation(now: .now), monitor: monitor)
                 case .infrastructure(let message):
                     group.cancelAll()
-                    if let violation { return .finished(.errored, exitCode: -1, message: violation) }
+                    if let violation = violation ?? monitor.violation(now: .now) { return .finished(.errored, exitCode: -1, message: violation) }
                     return .infrastructure(message)
                 }
             }

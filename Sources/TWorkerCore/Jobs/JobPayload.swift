@@ -94,6 +94,22 @@ public struct QueuedJob: Sendable {
         copy["attempts"] = .int(Int64(max(0, n)))
         return JSONValue.object(copy).serialized()
     }
+
+    /// Envelope `failed_on`: the workers (`host:vm`) whose machine failed this job.
+    public var failedOn: [String] {
+        guard case .array(let workers)? = envelope["failed_on"] else { return [] }
+        return workers.compactMap { if case .string(let worker) = $0 { worker } else { nil } }
+    }
+
+    /// The entry to requeue after `worker`'s machine failed it: attempts set, `worker` noted in
+    /// `failed_on` so that another worker takes it if one can.
+    public func withInfrastructureFailure(attempts n: Int, worker: String) -> [UInt8] {
+        var copy = envelope
+        copy["attempts"] = .int(Int64(max(0, n)))
+        let workers = failedOn.contains(worker) ? failedOn : failedOn + [worker]
+        copy["failed_on"] = .array(workers.map(JSONValue.string))
+        return JSONValue.object(copy).serialized()
+    }
 }
 
 /// Why a queue entry can't be run; `problems` lists every problem found, each naming its path.

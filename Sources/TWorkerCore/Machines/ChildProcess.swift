@@ -30,8 +30,10 @@ public struct BuildCommand: Sendable, Equatable {
 public enum ChildProcess {
     /// Runs `command` with stdout and stderr merged into `output`, or, when `errorOutput` is
     /// given, with stderr delivered there separately (ssh reports its own failures on it).
+    /// `started` learns the pid (= process group) of the build as soon as it is spawned.
     public static func run(_ command: BuildCommand, output: @escaping @Sendable ([UInt8]) async -> Void,
-                           errorOutput: (@Sendable ([UInt8]) async -> Void)? = nil) async throws -> BuildExit {
+                           errorOutput: (@Sendable ([UInt8]) async -> Void)? = nil,
+                           started: (@Sendable (pid_t) -> Void)? = nil) async throws -> BuildExit {
         let outputPipe = try Pipe.make()
         let errorPipe = try errorOutput.map { _ in try Pipe.make() }
         let outputReader = PipeReader(fd: outputPipe.read)
@@ -56,6 +58,7 @@ public enum ChildProcess {
             do {
                 status = try await spawn.run { pid in
                     processGroup.withLock { $0 = pid }
+                    started?(pid)
                     // Cancellation may have arrived before the pid was known.
                     if Task.isCancelled { kill(-pid, SIGKILL) }
                 }

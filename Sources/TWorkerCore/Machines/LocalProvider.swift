@@ -22,7 +22,11 @@ public struct LocalMachine: Machine {
     public let workspace: String
     let bash: String
 
-    public func prepare() async throws {
+    public func prepare() async throws(InfrastructureError) {
+        try await InfrastructureError.mapping("cannot reset workspace \(workspace)") { try resetWorkspace() }
+    }
+
+    private func resetWorkspace() throws {
         let files = FileManager.default
         do {
             // Moving the old workspace aside is one rename; deleting a large checkout takes
@@ -48,7 +52,11 @@ public struct LocalMachine: Machine {
         return true
     }
 
-    public func run(script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws -> BuildExit {
+    public func run(script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws(InfrastructureError) -> BuildExit {
+        try await InfrastructureError.mapping("running the build in \(workspace)") { try await runScript(script, jobID: jobID, output: output) }
+    }
+
+    private func runScript(_ script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws -> BuildExit {
         // The script lives beside the workspace, not in it (the build sees a clean checkout), and
         // not on stdin (a build command reading stdin would eat the rest of the script).
         let scriptPath = workspace + ".build.sh"
@@ -62,10 +70,19 @@ public struct LocalMachine: Machine {
         let command = BuildCommand(executable: bash, arguments: [scriptPath],
                                    environment: Self.buildEnvironment(home: workspace, jobID: jobID, vm: name),
                                    workingDirectory: workspace)
-        return try await ChildProcess.run(command, output: output)
+        defer { buildGroup.clear() }
+        return try await ChildProcess.run(command, output: output, started: { buildGroup.record($0) })
     }
 
-    public func release() async {}
+    public func release() async throws(InfrastructureError) {}
+
+    /// The process group of the build running here, recorded so that a worker killed mid-build
+    /// (SIGKILL leaves its build's session running) has its build killed by its next start.
+    var buildGroup: BuildGroupRecord { BuildGroupRecord(path: workspace + ".build.pgid") }
+
+    public func killLeftovers() async {
+        buildGroup.killRecorded()
+    }
 
     /// A small, predictable environment: tworker's own variables (REDIS_URL, ...) never leak into builds.
     static func buildEnvironment(home: String, jobID: String, vm: String) -> [String: String] {

@@ -52,6 +52,14 @@ public struct WorkQueue: Sendable {
         return (reply.array ?? []).compactMap { if case .bulk(let bytes) = $0 { bytes } else { nil } }
     }
 
+    /// Whether `raw` is still in the processing list (a write that removes it has not landed).
+    public func holds(_ raw: [UInt8]) async throws -> Bool {
+        let position = try await withRedisRetry(logger: logger, what: "read \(processingKey)") {
+            try await redis.send(bytes: [Array("LPOS".utf8), Array(processingKey.utf8), raw])
+        }
+        return !position.isNull
+    }
+
     /// Puts `raw` back at the head of the queue as `requeued`, together with `commands`.
     public func requeue(_ raw: [UInt8], as replacement: [UInt8], with commands: [[String]]) async throws {
         try await commitRemoving(raw, commands: [[Array("LPUSH".utf8), Array(queueKey.utf8), replacement]] + commands.map(Self.bytes))

@@ -19,12 +19,15 @@ public final class Heartbeat: Sendable {
     private let keys: RedisKeys
     private let vm: String
     private let interval: Int
+    /// The queue the worker serves, so a worker can tell who else could take a job.
+    private let queue: String
     private let logger: Logger
     private let current = Mutex<(state: WorkerState, job: String, since: String, lastError: String)>((.idle, "", Timestamp.now(), ""))
     private let loop = Mutex<Task<Void, Never>?>(nil)
 
-    public init(redis: RedisConnection, keys: RedisKeys, vm: String, interval: Int, logger: Logger) {
+    public init(redis: RedisConnection, keys: RedisKeys, vm: String, interval: Int, queue: String = "", logger: Logger) {
         self.redis = redis
+        self.queue = queue
         self.keys = keys
         self.vm = vm
         self.interval = interval
@@ -91,9 +94,23 @@ public final class Heartbeat: Sendable {
         return [
             ["HSET", key, "state", snapshot.state.rawValue, "pid", String(getpid()), "job", snapshot.job,
              "since", snapshot.since, "heartbeat_at", Timestamp.now(), "vm", vm, "host", keys.host,
-             "last_error", snapshot.lastError],
+             "last_error", snapshot.lastError, "queue", queue],
             ["PEXPIRE", key, String(interval * 3 * 1000)],
             ["SADD", RedisKeys.workers, keys.workerMember(vm: vm)],
+            Self.pruneExpired,
         ]
     }
+
+    /// Drops from `tworker:workers` every member whose heartbeat record has expired (a worker
+    /// that was killed): every beat of every worker sweeps, so a dead entry lasts at most
+    /// three intervals plus one.
+    public static let pruneExpired = [
+        "EVAL", """
+        local gone = 0
+        for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+          if redis.call('EXISTS', ARGV[1] .. member) == 0 then redis.call('SREM', KEYS[1], member); gone = gone + 1 end
+        end
+        return gone
+        """, "1", RedisKeys.workers, RedisKeys.workerRecordPrefix,
+    ]
 }

@@ -49,8 +49,15 @@ public struct JobReporter: Sendable {
     public func record(id: String, state: JobState, fields: [String: String] = [:], event: JobEvent?) async throws {
         let commands = stateCommands(id: id, state: state, fields: fields, event: event, at: Timestamp.now())
         _ = try await withRedisRetry(logger: logger, what: "record job \(id) \(state.rawValue)") {
-            try await redis.pipeline(commands)
+            try Self.check(try await redis.pipeline(commands))
         }
+    }
+
+    /// Throws the first error reply of a pipeline: a write Redis refused is not a write made.
+    @discardableResult
+    public static func check(_ replies: [RedisReply]) throws -> [RedisReply] {
+        for case .error(let message) in replies { throw RedisError.server(message) }
+        return replies
     }
 
     /// The record as stored, empty when there is none.

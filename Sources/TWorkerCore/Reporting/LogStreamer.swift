@@ -155,15 +155,26 @@ public actor LogStreamer {
     }
 
     private func commands(for entries: [(number: Int, data: [UInt8]?, final: Bool)], expire: Bool) -> [[[UInt8]]] {
-        let key = Array(self.key.utf8)
+        Self.commands(key: key, entries: entries, expireAfter: expire ? retention : nil)
+    }
+
+    /// The one wire format of a log: `XADD <key> 0-<n> n <n> [data <bytes>] [final 1]`.
+    static func commands(key: String, entries: [(number: Int, data: [UInt8]?, final: Bool)], expireAfter retention: Int?) -> [[[UInt8]]] {
+        let key = Array(key.utf8)
         var commands: [[[UInt8]]] = entries.map { entry in
             var command: [[UInt8]] = [Array("XADD".utf8), key, Array("0-\(entry.number)".utf8), Array("n".utf8), Array(String(entry.number).utf8)]
             if let data = entry.data { command += [Array("data".utf8), data] }
             if entry.final { command += [Array("final".utf8), Array("1".utf8)] }
             return command
         }
-        if expire { commands.append([Array("EXPIRE".utf8), key, Array(String(retention).utf8)]) }
+        if let retention { commands.append([Array("EXPIRE".utf8), key, Array(String(retention).utf8)]) }
         return commands
+    }
+
+    /// Closes a log that no streamer writes (a job cancelled in its queue): `text`, then the
+    /// `final` entry, numbered after `lastNumber`, for the caller's own transaction.
+    public static func closingCommands(key: String, lastNumber: Int, text: String, retention: Int) -> [[[UInt8]]] {
+        commands(key: key, entries: [(lastNumber + 1, Array(text.utf8), false), (lastNumber + 2, nil, true)], expireAfter: retention)
     }
 
     private func send(_ commands: [[[UInt8]]]) async {

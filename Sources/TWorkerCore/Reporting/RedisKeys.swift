@@ -21,7 +21,10 @@ public struct RedisKeys: Sendable {
     public func job(_ id: String) -> String { "tworker:job:\(id)" }
     public func log(_ id: String) -> String { "tworker:job:\(id):log" }
     public static let events = "tworker:events"
-    public func worker(vm: String) -> String { "tworker:worker:\(host):\(vm)" }
+    public func worker(vm: String) -> String { Self.workerRecord(member: workerMember(vm: vm)) }
+    /// The heartbeat record of a `tworker:workers` member (`host:vm`).
+    public static func workerRecord(member: String) -> String { workerRecordPrefix + member }
+    public static let workerRecordPrefix = "tworker:worker:"
     public static let workers = "tworker:workers"
     /// Present while a worker's VM is quarantined; holds the last error. Deleting it (a
     /// restart, `tworker vagrant rebuild`) returns the worker to service.

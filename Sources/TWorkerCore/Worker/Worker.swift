@@ -88,6 +88,8 @@ public final class Worker: Sendable {
         case cancel(String)
     }
     private let consecutiveFailures = Mutex<Int>(0)
+    /// How often this worker left each job it had failed to another worker.
+    private let stepBacks = Mutex<[String: Int]>([:])
     private let maintenanceCheck = Mutex<(at: ContinuousClock.Instant?, held: Bool)>((nil, false))
 
     public init(settings: Settings, machine: any Machine, redis: RedisConnection, blockingRedis: RedisConnection,
@@ -100,7 +102,8 @@ public final class Worker: Sendable {
         keys = RedisKeys(namespace: settings.namespace, host: settings.host)
         queue = WorkQueue(redis: redis, blockingRedis: blockingRedis, keys: keys, queue: settings.queue, vm: settings.vm, logger: logger)
         reporter = JobReporter(redis: redis, keys: keys, retention: settings.retention, worker: settings.worker, logger: logger)
-        heartbeat = Heartbeat(redis: redis, keys: keys, vm: settings.vm, interval: settings.heartbeatInterval, logger: logger)
+        heartbeat = Heartbeat(redis: redis, keys: keys, vm: settings.vm, interval: settings.heartbeatInterval,
+                              queue: settings.queue, logger: logger)
     }
 
     /// Asks the worker to stop; a stronger request overrides a weaker one.
@@ -128,20 +131,21 @@ public final class Worker: Sendable {
 
     var isPaused: Bool { paused.withLock { $0 } }
 
-    /// Cancels job `id` if this worker runs it.
+    /// Cancels job `id` if this worker holds it, whether its build runs yet or not.
     public func cancel(jobID id: String, reason: String) {
         guard currentJob.withLock({ $0 }) == id else { return }
         interrupt(.cancel(reason))
     }
 
+    /// Notes why the job in hand must stop and stops its build if one runs; a job whose
+    /// build has not started yet sees the note before starting it.
     private func interrupt(_ why: Interruption) {
-        let build = currentBuild.withLock { $0 }
-        guard let build else { return }
+        guard currentJob.withLock({ $0 }) != nil else { return }
         interruption.withLock { current in
             // A stop outranks an abort or a cancel that arrives with it.
             if current != .stop { current = why }
         }
-        build.cancel()
+        currentBuild.withLock { $0 }?.cancel()
     }
 
     var stopRequest: StopRequest { stop.withLock { $0 } }
@@ -153,51 +157,66 @@ public final class Worker: Sendable {
         defer { logger.info("worker stopped", metadata: ["vm": "\(settings.vm)"]) }
         // A restart is the operator's way to clear a quarantine.
         _ = try await withRedisRetry(logger: logger, what: "clear quarantine") { try await redis.send(["DEL", keys.broken(vm: settings.vm)]) }
+        // A build its killed predecessor left running dies before its job is requeued.
+        await machine.killLeftovers()
         try await recoverUnfinished()
         let cancellations = watchCancellations()
         defer { cancellations?.cancel() }
         logger.info("worker ready", metadata: ["vm": "\(settings.vm)", "queue": "\(queue.queueKey)", "host": "\(settings.host)"])
         await heartbeat.update(.idle)
         while stopRequest == .none {
+            do {
+                if try await serveOnce() == .stop { break }
+            } catch {
+                // Whatever Redis answered, the worker goes on; its job (if any) was settled.
+                logger.error("unexpected error while waiting for a job; retrying in 1 s", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+        await heartbeat.update(.stopping)
+        await heartbeat.stop()
+    }
+
+    private enum LoopStep { case next, stop }
+
+    /// One turn of the worker loop: wait for (or skip) one job and run it to its end.
+    private func serveOnce() async throws -> LoopStep {
             if let master = settings.masterPID, getppid() != master {
                 logger.warning("the master (pid \(master)) is gone; finishing and exiting")
                 requestStop(.graceful)
-                break
+                return .stop
             }
             if isPaused {
                 await heartbeat.updateIfChanged(.paused)
-                if settings.burst { break }
+                if settings.burst { return .stop }
                 try? await Task.sleep(for: .milliseconds(100))
-                continue
+                return .next
             }
             await heartbeat.leave(.paused)
             let heldBack = try await isInMaintenance() ? true : try await isQuarantined()
             if heldBack {
-                if settings.burst { break }
+                if settings.burst { return .stop }
                 try? await Task.sleep(for: settings.fetchBlock)
-                continue
+                return .next
             }
             let raw: [UInt8]?
             do {
                 raw = try await queue.fetch(block: settings.burst ? nil : settings.fetchBlock)
-            } catch let error as RedisError where error.isConnectionError {
+            } catch {
                 // The move may have happened with its reply lost: the processing list tells.
+                logger.warning("taking a job failed; checking \(queue.processingKey)", metadata: ["error": "\(error)"])
                 try await waitForRedis()
-                if let taken = try await queue.unfinished().first { await process(taken) }
-                continue
+                if let taken = try await queue.unfinished().first { return await process(taken) ? .next : .stop }
+                try? await Task.sleep(for: .milliseconds(100))
+                return .next
             }
-            guard let raw else {
-                if settings.burst { break }
-                continue
-            }
+            guard let raw else { return settings.burst ? .stop : .next }
             if stopRequest == .immediate {
-                try await putBack(raw, reason: "The worker is stopping; the job was put back at the head of the queue.")
-                break
+                _ = await putBack(raw, reason: "The worker is stopping; the job was put back at the head of the queue.")
+                return .stop
             }
-            await process(raw)
-        }
-        await heartbeat.update(.stopping)
-        await heartbeat.stop()
+            // A job that could not be settled stays in the processing list: take no other.
+            return await process(raw) ? .next : .stop
     }
 
     /// While an operator holds the VM (rebuild, reprovision) the worker takes no jobs and says
@@ -236,13 +255,15 @@ public final class Worker: Sendable {
         return false
     }
 
-    private func recordInfrastructureFailure(_ message: String) async throws {
+    private func recordInfrastructureFailure(_ message: String) async {
         let count = consecutiveFailures.withLock { value in value += 1; return value }
         guard count >= settings.maxConsecutiveFailures else { return }
         logger.error("VM quarantined after \(count) infrastructure errors in a row; restart the worker or rebuild the VM to clear it",
                      metadata: ["vm": "\(settings.vm)", "last_error": "\(message)"])
-        _ = try await withRedisRetry(logger: logger, what: "quarantine") {
-            try await redis.send(["SET", keys.broken(vm: settings.vm), message])
+        _ = await persistently("quarantine \(settings.vm)") {
+            _ = try await withRedisRetry(logger: logger, what: "quarantine") {
+                try await redis.send(["SET", keys.broken(vm: settings.vm), message])
+            }
         }
     }
 
@@ -277,10 +298,10 @@ public final class Worker: Sendable {
         cancel(jobID: id, reason: reason?.isEmpty == false ? reason! : "cancelled")
     }
 
-    /// The polling half: a missed message still cancels within a second.
+    /// The polling half: a missed message still cancels within half a second.
     private func pollCancellation(of id: String) async {
         while !Task.isCancelled {
-            try? await Task.sleep(for: .seconds(1))
+            try? await Task.sleep(for: .milliseconds(500))
             if Task.isCancelled { return }
             if let reason = (try? await redis.send(["GET", keys.cancel(id)]))?.string {
                 cancel(jobID: id, reason: reason.isEmpty ? "cancelled" : reason)
@@ -313,7 +334,7 @@ public final class Worker: Sendable {
         for raw in try await queue.unfinished().reversed() {
             switch JobDecoder.decode(raw) {
             case .failure(let error):
-                try await fileAsFailed(raw, error: error)
+                guard await persistently("file a malformed job", holding: raw, { try await fileAsFailed(raw, error: error) }) else { return }
             case .success(let job):
                 let attempts = job.attempts + 1
                 let id = job.payload.id
@@ -321,13 +342,15 @@ public final class Worker: Sendable {
                 if attempts >= settings.maxAttempts {
                     let reason = "The worker running this job stopped unexpectedly \(attempts) times; giving up after \(settings.maxAttempts) attempts."
                     await log.append("\n\(reason)\n")
-                    await finish(job, raw: raw, result: .errored, exitCode: nil, error: reason, log: log)
+                    guard await finish(job, raw: raw, result: .errored, exitCode: nil, error: reason, log: log) else { return }
                 } else {
                     await log.append("\nThe worker running this job stopped unexpectedly; the job was requeued (attempt \(attempts + 1) of \(settings.maxAttempts)).\n")
                     await log.drain()
-                    try await queue.requeue(raw, as: job.withAttempts(attempts), with: reporter.stateCommands(
+                    let commands = reporter.stateCommands(
                         id: id, state: .requeued, fields: ["attempts": String(attempts), "error": "worker stopped unexpectedly"],
-                        event: .requeued, at: Timestamp.now()))
+                        event: .requeued, at: Timestamp.now())
+                    guard await persistently("requeue job \(id)", holding: raw, { try await queue.requeue(raw, as: job.withAttempts(attempts), with: commands) })
+                    else { return }
                     logger.warning("requeued a job left by a previous run", metadata: ["job": "\(id)", "attempts": "\(attempts)"])
                 }
             }
@@ -336,15 +359,42 @@ public final class Worker: Sendable {
 
     // MARK: - One job
 
-    func process(_ raw: [UInt8]) async {
-        do {
-            switch JobDecoder.decode(raw) {
-            case .failure(let error): try await fileAsFailed(raw, error: error)
-            case .success(let job): try await run(job, raw: raw)
+    /// Runs one entry of the processing list to its end: a final state, back in the queue, or
+    /// the failed queue. Returns false only when the worker is stopping with the entry still
+    /// in its processing list (the next start recovers it).
+    @discardableResult
+    func process(_ raw: [UInt8]) async -> Bool {
+        switch JobDecoder.decode(raw) {
+        case .failure(let error):
+            return await persistently("file a malformed job", holding: raw) { try await fileAsFailed(raw, error: error) }
+        case .success(let job):
+            return await run(job, raw: raw)
+        }
+    }
+
+    /// Retries `write` after any error, with capped backoff, until it succeeds, the worker is
+    /// told to stop now, or the task is cancelled. A write that removes `raw` from the
+    /// processing list may have landed before its error: the list tells, so it never runs twice.
+    func persistently(_ what: String, holding raw: [UInt8]? = nil, _ write: () async throws -> Void) async -> Bool {
+        var delay: Duration = .milliseconds(100)
+        var tries = 0
+        while true {
+            tries += 1
+            do {
+                if tries > 1, let raw, try await !queue.holds(raw) { return true }
+                try await write()
+                if tries > 1 { logger.info("\(what): done after \(tries) tries") }
+                return true
+            } catch {
+                if Task.isCancelled || (stopRequest == .immediate && tries >= 3) {
+                    logger.error("\(what) failed; the job stays in \(queue.processingKey) for the next start",
+                                 metadata: ["error": "\(error)"])
+                    return false
+                }
+                logger.error("\(what) failed (try \(tries)); retrying in \(delay)", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(5))
             }
-        } catch {
-            // Only cancellation of the whole worker gets here; the job stays in the processing list.
-            logger.error("job processing abandoned", metadata: ["error": "\(error)"])
         }
     }
 
@@ -364,30 +414,81 @@ public final class Worker: Sendable {
         logger.error("malformed job sent to the failed queue", metadata: ["job": "\(error.jobID ?? "?")", "error": "\(error.description)"])
     }
 
-    private func run(_ job: QueuedJob, raw: [UInt8]) async throws {
-        let id = job.payload.id
-        let attempt = job.attempts + 1
-        // One round trip for what this attempt needs to know: a job id that already finished
-        // (a rerun) starts a fresh log; otherwise the log continues where the last attempt ended.
+    /// What one round trip tells about a job before it runs.
+    private struct Opening {
+        /// The id already finished once: this is a rerun with a fresh log.
+        var rerun: Bool
+        var lastLogNumber: Int
+        /// Cancelled while it waited.
+        var cancelReason: String?
+    }
+
+    private func readOpening(_ id: String) async throws -> Opening {
         let known = try await withRedisRetry(logger: logger, what: "read job \(id)") {
             try await redis.pipeline([["HGET", keys.job(id), "state"], ["XREVRANGE", keys.log(id), "+", "-", "COUNT", "1"],
                                       ["GET", keys.cancel(id)]])
         }
-        let rerun = known.first?.string.flatMap(JobState.init(rawValue:))?.isFinal ?? false
-        let log = LogStreamer(redis: redis, key: keys.log(id), retention: settings.retention, logger: logger,
-                              lastNumber: rerun ? 0 : LogStreamer.lastNumber(in: known.count > 1 ? known[1] : .null))
-        if let reason = known.count > 2 ? known[2].string : nil {
+        guard known.count == 3 else { throw RedisError.server("unexpected reply to reading job \(id): \(known)") }
+        for case .error(let message) in known { throw RedisError.server(message) }
+        let rerun = known[0].string.flatMap(JobState.init(rawValue:))?.isFinal ?? false
+        return Opening(rerun: rerun, lastLogNumber: rerun ? 0 : LogStreamer.lastNumber(in: known[1]), cancelReason: known[2].string)
+    }
+
+    /// One job, from the processing list to its end. Whatever goes wrong that is not the build's
+    /// own result is an infrastructure error: requeued with one attempt more, never left behind.
+    private func run(_ job: QueuedJob, raw: [UInt8]) async -> Bool {
+        let id = job.payload.id
+        // From here on a cancel for this job is honoured, even before its build starts.
+        currentJob.withLock { $0 = id }
+        interruption.withLock { $0 = nil }
+        let poller = Task { [self] in await pollCancellation(of: id) }
+        defer {
+            poller.cancel()
+            currentJob.withLock { $0 = nil }
+        }
+        if await stepsBack(from: job, raw: raw) { return true }
+
+        var opening: Opening?
+        let read = await persistently("read job \(id)") { opening = try await readOpening(id) }
+        guard read, let opening else { return false }
+        let log = LogStreamer(redis: redis, key: keys.log(id), retention: settings.retention, logger: logger, lastNumber: opening.lastLogNumber)
+        if let reason = opening.cancelReason {
             // Cancelled while it waited, but taken off the queue before the cancel could remove it.
             await log.append("The job was cancelled before it started: \(reason)\n")
-            await finish(job, raw: raw, state: .cancelled, exitCode: nil, error: reason, log: log)
-            return
+            return await finish(job, raw: raw, state: .cancelled, exitCode: nil, error: reason, log: log)
         }
-        if attempt > settings.maxAttempts {
+        if job.attempts + 1 > settings.maxAttempts {
             let reason = "The job already used its \(settings.maxAttempts) attempts."
             await log.append("\n\(reason)\n")
-            await finish(job, raw: raw, result: .errored, exitCode: nil, error: reason, log: log)
-            return
+            return await finish(job, raw: raw, result: .errored, exitCode: nil, error: reason, log: log)
         }
+
+        let outcome: BuildOutcome
+        do {
+            outcome = try await attempt(job, rerun: opening.rerun, log: log)
+        } catch {
+            // A reply nobody expected while recording the job: the machine is reset and the job retried.
+            logger.error("unexpected error before the build ran; treating it as an infrastructure error",
+                         metadata: ["job": "\(id)", "error": "\(error)"])
+            outcome = .infrastructure("\(error)")
+        }
+        let settled = await conclude(job, raw: raw, outcome: outcome, log: log)
+        // Reported first, cleaned up after: the job's result does not wait for the VM's reset.
+        do {
+            try await machine.release()
+        } catch {
+            logger.error("could not reset the machine after the job; the next job resets it again",
+                         metadata: ["job": "\(id)", "error": "\(error.message)"])
+            await recordInfrastructureFailure(error.message)
+        }
+        return settled
+    }
+
+    /// Records the job as received, readies the machine and runs the build. Throws only what
+    /// Redis answered unexpectedly; the machine's failures come back as `.infrastructure`.
+    private func attempt(_ job: QueuedJob, rerun: Bool, log: LogStreamer) async throws -> BuildOutcome {
+        let id = job.payload.id
+        let attempt = job.attempts + 1
         var received = ["attempts": String(attempt), "worker": settings.worker, "vm": settings.vm, "host": settings.host,
                         "received_at": Timestamp.now(), "error": "", "exit_code": "", "finished_at": "", "queue": settings.queue]
         if let queuedAt = job.queuedAt { received["queued_at"] = queuedAt }
@@ -397,28 +498,29 @@ public final class Worker: Sendable {
         logger.info("job received", metadata: ["job": "\(id)", "attempt": "\(attempt)"])
         // The machine gets ready while Redis records the job as received.
         async let receivedWritten = withRedisRetry(logger: logger, what: "record job \(id) received") { [redis, commands] in
-            try await redis.pipeline(commands)
+            try JobReporter.check(try await redis.pipeline(commands))
         }
         let prepared: Result<Void, InfrastructureError>
         do {
             try await machine.prepare()
             prepared = .success(())
-        } catch let error as InfrastructureError {
+        } catch {
             prepared = .failure(error)
         }
         _ = try await receivedWritten
+        if case .failure(let error) = prepared { return .infrastructure(error.message) }
+        // A cancel, abort or stop that came while the machine got ready wins before the build starts.
+        if interruption.withLock({ $0 }) != nil || stopRequest == .immediate { return .interrupted }
+        try await reporter.record(id: id, state: .started, fields: ["started_at": Timestamp.now()], event: .started)
+        return await runBuild(job, log: log)
+    }
 
-        let outcome: BuildOutcome
-        switch prepared {
-        case .success:
-            try await reporter.record(id: id, state: .started, fields: ["started_at": Timestamp.now()], event: .started)
-            outcome = await runBuild(job, log: log)
-        case .failure(let error):
-            outcome = .infrastructure(error.message)
-        }
-
+    /// Writes how the attempt ended: a final state, or back to the queue. Every write is retried
+    /// until Redis takes it, so a build that ran is never run again for want of a reply.
+    private func conclude(_ job: QueuedJob, raw: [UInt8], outcome: BuildOutcome, log: LogStreamer) async -> Bool {
+        let id = job.payload.id
         if case .infrastructure(let message) = outcome {
-            try await recordInfrastructureFailure(message)
+            await recordInfrastructureFailure(message)
         } else if case .finished = outcome {
             consecutiveFailures.withLock { $0 = 0 }
         }
@@ -430,29 +532,29 @@ public final class Worker: Sendable {
         case .finished(let result, let exitCode, let message):
             if let message { await log.append("\n\n\(message)\n") }
             await log.append("\nDone. Your build exited with \(exitCode) (\(result.rawValue)).\n")
-            await finish(job, raw: raw, result: result, exitCode: exitCode, error: message, log: log, with: afterwards)
+            return await finish(job, raw: raw, result: result, exitCode: exitCode, error: message, log: log, with: afterwards)
         case .infrastructure(let message):
             await log.append("\n\nThe machine \(settings.vm) failed: \(message)\n")
-            try await retryElsewhere(job, raw: raw, reason: message, log: log, with: afterwards)
+            return await retryElsewhere(job, raw: raw, reason: message, log: log, with: afterwards)
         case .interrupted:
             let why = interruption.withLock { value in defer { value = nil }; return value } ?? .stop
             switch why {
             case .cancel(let reason):
                 await log.append("\n\nThe job was cancelled: \(reason)\n")
-                await finish(job, raw: raw, state: .cancelled, exitCode: nil, error: reason, log: log, with: afterwards)
+                return await finish(job, raw: raw, state: .cancelled, exitCode: nil, error: reason, log: log, with: afterwards)
             case .stop, .abort:
                 let message = why == .stop ? "The worker is stopping; the build was stopped and the job put back at the head of the queue."
                     : "The build was aborted by the operator (USR1); the job was put back at the head of the queue."
                 await log.append("\n\n\(message)\n")
                 await log.drain()
-                try await queue.requeue(raw, as: raw, with: reporter.stateCommands(
+                let commands = reporter.stateCommands(
                     id: id, state: .requeued, fields: ["error": why == .stop ? "worker stopped" : "aborted by operator"],
-                    event: .requeued, at: Timestamp.now()) + afterwards)
-                logger.info("job requeued", metadata: ["job": "\(id)", "why": "\(why)"])
+                    event: .requeued, at: Timestamp.now()) + afterwards
+                let settled = await persistently("requeue job \(id)", holding: raw) { try await queue.requeue(raw, as: raw, with: commands) }
+                if settled { logger.info("job requeued", metadata: ["job": "\(id)", "why": "\(why)"]) }
+                return settled
             }
         }
-        // Reported first, cleaned up after: the job's result does not wait for the VM's reset.
-        await machine.release()
     }
 
     private func runBuild(_ job: QueuedJob, log: LogStreamer) async -> BuildOutcome {
@@ -465,55 +567,100 @@ public final class Worker: Sendable {
                 await log.append(chunk)
             }
         }
-        currentJob.withLock { $0 = job.payload.id }
         let stopNow = stop.withLock { request -> Bool in
             currentBuild.withLock { $0 = task }
             return request == .immediate
         }
         if stopNow { interrupt(.stop) }
-        let poller = Task { [self] in await pollCancellation(of: job.payload.id) }
+        // An interruption noted between the check before the build and the build's registration.
+        if interruption.withLock({ $0 }) != nil { task.cancel() }
         let outcome = await task.value
-        poller.cancel()
         currentBuild.withLock { $0 = nil }
-        currentJob.withLock { $0 = nil }
         return outcome
     }
 
+    // MARK: - Retrying elsewhere
+
     /// An infrastructure failure: back to the head of the queue with one attempt more, or
     /// `errored` once the attempts are used up, so a broken machine never loops a job forever.
-    private func retryElsewhere(_ job: QueuedJob, raw: [UInt8], reason: String, log: LogStreamer, with extra: [[String]]) async throws {
+    /// The job records the worker that failed it, so another worker takes it if one can.
+    private func retryElsewhere(_ job: QueuedJob, raw: [UInt8], reason: String, log: LogStreamer, with extra: [[String]]) async -> Bool {
         let attempts = job.attempts + 1
         if attempts >= settings.maxAttempts {
             let message = "Infrastructure error on attempt \(attempts) of \(settings.maxAttempts): \(reason)"
             await log.append("\(message)\nDone. The job errored.\n")
-            await finish(job, raw: raw, result: .errored, exitCode: nil, error: message, log: log, with: extra)
-            return
+            return await finish(job, raw: raw, result: .errored, exitCode: nil, error: message, log: log, with: extra)
         }
         await log.append("The job was requeued (attempt \(attempts + 1) of \(settings.maxAttempts)).\n")
         await log.drain()
-        try await queue.requeue(raw, as: job.withAttempts(attempts), with: reporter.stateCommands(
-            id: job.payload.id, state: .requeued, fields: ["attempts": String(attempts), "error": reason], event: .requeued, at: Timestamp.now()) + extra)
-        logger.warning("job requeued after an infrastructure error", metadata: ["job": "\(job.payload.id)", "attempts": "\(attempts)", "error": "\(reason)"])
+        let commands = reporter.stateCommands(
+            id: job.payload.id, state: .requeued, fields: ["attempts": String(attempts), "error": reason], event: .requeued, at: Timestamp.now()) + extra
+        let replacement = job.withInfrastructureFailure(attempts: attempts, worker: settings.worker)
+        let settled = await persistently("requeue job \(job.payload.id)", holding: raw) {
+            try await queue.requeue(raw, as: replacement, with: commands)
+        }
+        if settled {
+            logger.warning("job requeued after an infrastructure error", metadata: ["job": "\(job.payload.id)", "attempts": "\(attempts)", "error": "\(reason)"])
+        }
+        return settled
     }
 
-    private func putBack(_ raw: [UInt8], reason: String) async throws {
+    /// Leaves a job this worker already failed to another live worker on the same queue: put
+    /// back at the head unchanged while this worker steps back for a moment. Bounded, so a job
+    /// whose every other worker stays busy still runs here in the end.
+    private func stepsBack(from job: QueuedJob, raw: [UInt8]) async -> Bool {
+        let id = job.payload.id
+        guard job.failedOn.contains(settings.worker) else { return false }
+        let count = stepBacks.withLock { $0[id, default: 0] }
+        guard count < Self.maxStepBacks, let other = try? await otherWorkerCanTake(job) else { return false }
+        logger.info("this worker failed the job before; leaving it to another worker", metadata: ["job": "\(id)", "other": "\(other)"])
+        let commands = reporter.stateCommands(id: id, state: .requeued, fields: [:], event: nil, at: Timestamp.now())
+        guard await persistently("put job \(id) back", holding: raw, { try await queue.requeue(raw, as: raw, with: commands) }) else { return true }
+        stepBacks.withLock { counts in
+            if counts.count > 1000 { counts.removeAll() }
+            counts[id, default: 0] += 1
+        }
+        try? await Task.sleep(for: Self.stepBackTime)
+        return true
+    }
+
+    static let maxStepBacks = 5
+    static let stepBackTime: Duration = .seconds(2)
+
+    /// A live worker serving the same queue that has not failed this job yet, if there is one.
+    private func otherWorkerCanTake(_ job: QueuedJob) async throws -> String? {
+        let members = (try await redis.send(["SMEMBERS", RedisKeys.workers]).array ?? []).compactMap(\.string)
+            .filter { $0 != settings.worker && !job.failedOn.contains($0) }
+        guard !members.isEmpty else { return nil }
+        let records = try await redis.pipeline(members.map { ["HMGET", RedisKeys.workerRecord(member: $0), "state", "queue"] })
+        for (member, record) in zip(members, records) {
+            let fields = record.array?.map(\.string) ?? []
+            guard fields.count == 2, let state = fields[0].flatMap(WorkerState.init(rawValue:)) else { continue }
+            if [.idle, .busy].contains(state), fields[1] == settings.queue { return member }
+        }
+        return nil
+    }
+
+    private func putBack(_ raw: [UInt8], reason: String) async -> Bool {
         var commands: [[String]] = []
         if case .success(let job) = JobDecoder.decode(raw) {
             commands = reporter.stateCommands(id: job.payload.id, state: .requeued, fields: ["error": reason], event: .requeued, at: Timestamp.now())
         }
-        try await queue.requeue(raw, as: raw, with: commands)
+        return await persistently("put a job back", holding: raw) { try await queue.requeue(raw, as: raw, with: commands) }
     }
+
+    // MARK: - Finishing
 
     /// Closes the log, then writes the final state and drops the job from the processing list
     /// in one transaction (retried until Redis takes it).
     private func finish(_ job: QueuedJob, raw: [UInt8], result: BuildResult, exitCode: Int32?, error: String?, log: LogStreamer,
-                        with extra: [[String]] = []) async {
+                        with extra: [[String]] = []) async -> Bool {
         let state: JobState = switch result { case .passed: .passed; case .failed: .failed; case .errored: .errored }
-        await finish(job, raw: raw, state: state, exitCode: exitCode, error: error, log: log, with: extra)
+        return await finish(job, raw: raw, state: state, exitCode: exitCode, error: error, log: log, with: extra)
     }
 
     private func finish(_ job: QueuedJob, raw: [UInt8], state: JobState, exitCode: Int32?, error: String?, log: LogStreamer,
-                        with extra: [[String]] = []) async {
+                        with extra: [[String]] = []) async -> Bool {
         // The log's last entries and its `final` marker go in the same transaction as the state.
         let closing = await log.closingCommands()
         let id = job.payload.id
@@ -523,12 +670,14 @@ public final class Worker: Sendable {
             event: .finished, at: Timestamp.now())
         if state != .cancelled { commands.append(["INCR", keys.processedCount]) }
         commands.append(["HINCRBY", keys.worker(vm: settings.vm), "jobs_done", "1"])
+        // A cancel mark never outlives the run it was meant for (a later rerun of the id runs).
+        commands.append(["DEL", keys.cancel(id)])
         commands += extra
-        do {
-            try await queue.complete(raw, with: closing + commands.map(WorkQueue.bytes))
+        let all = closing + commands.map(WorkQueue.bytes)
+        let settled = await persistently("record the end of job \(id)", holding: raw) { try await queue.complete(raw, with: all) }
+        if settled {
             logger.info("job finished", metadata: ["job": "\(id)", "result": "\(state.rawValue)", "exit_code": "\(exitCode.map(String.init) ?? "-")"])
-        } catch {
-            logger.error("could not record the end of job \(id); it stays in the processing list", metadata: ["error": "\(error)"])
         }
+        return settled
     }
 }

@@ -68,7 +68,19 @@ public final class VirtualBoxMachine: Machine {
         self.logger = logger
     }
 
-    public func prepare() async throws {
+    public func prepare() async throws(InfrastructureError) {
+        try await InfrastructureError.mapping("preparing VM \(vmName)") { try await readyFromSandbox() }
+    }
+
+    public func run(script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws(InfrastructureError) -> BuildExit {
+        try await InfrastructureError.mapping("running the build on VM \(vmName)") { try await runOverSSH(script: script, output: output) }
+    }
+
+    public func release() async throws(InfrastructureError) {
+        try await InfrastructureError.mapping("resetting VM \(vmName) after the job") { try await resetToSandbox() }
+    }
+
+    private func readyFromSandbox() async throws {
         do {
             guard let info = try await runner.info(vmName) else {
                 throw InfrastructureError("VM \(vmName) does not exist (create it with `tworker vagrant import`)")
@@ -86,7 +98,7 @@ public final class VirtualBoxMachine: Machine {
         try await waitForSSH()
     }
 
-    public func run(script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws -> BuildExit {
+    private func runOverSSH(script: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws -> BuildExit {
         // The build's own output (stderr merged into stdout by the script) comes on stdout; the
         // guest-side wrapper reports the script's exit status on stderr, where ssh also reports
         // its own failures. No status line means ssh's 255 was the connection, not the build.
@@ -112,15 +124,11 @@ public final class VirtualBoxMachine: Machine {
         return Int32(line.dropFirst(token.count + 1))
     }
 
-    public func release() async {
-        do {
-            let info = try await runner.info(vmName)
-            try await powerOffIfRunning(state: info?.state)
-            try await restoreSandbox()
-            restored.withLock { $0 = true }
-        } catch {
-            logger.error("could not reset the VM after the job; the next job retries", metadata: ["vm": "\(vmName)", "error": "\(error)"])
-        }
+    private func resetToSandbox() async throws {
+        let info = try await runner.info(vmName)
+        try await powerOffIfRunning(state: info?.state)
+        try await restoreSandbox()
+        restored.withLock { $0 = true }
     }
 
     private func powerOffIfRunning(state: String?) async throws {
