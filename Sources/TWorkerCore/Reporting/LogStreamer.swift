@@ -177,18 +177,30 @@ public actor LogStreamer {
         commands(key: key, entries: [(lastNumber + 1, Array(text.utf8), false), (lastNumber + 2, nil, true)], expireAfter: retention)
     }
 
+    /// Writes until Redis has taken every entry: a refused entry is retried with backoff, never
+    /// dropped (an entry already there answers "equal or smaller", which is success).
     private func send(_ commands: [[[UInt8]]]) async {
-        do {
-            let replies = try await withRedisRetry(logger: logger, what: "write the log \(self.key)") { @Sendable [redis, commands] in
-                try await redis.pipeline(bytes: commands)
+        var delay: Duration = .milliseconds(100)
+        while !Task.isCancelled {
+            do {
+                let replies = try await withRedisRetry(logger: logger, what: "write the log \(self.key)") { @Sendable [redis, commands] in
+                    try await redis.pipeline(bytes: commands)
+                }
+                let refused = replies.compactMap { reply -> String? in
+                    guard case .error(let message) = reply, !message.contains("equal or smaller") else { return nil }
+                    return message
+                }
+                guard let first = refused.first else { return }
+                logger.error("log entries refused by Redis; retrying in \(delay)", metadata: ["key": "\(self.key)", "error": "\(first)"])
+            } catch {
+                if Task.isCancelled { break }
+                logger.error("log write failed; retrying in \(delay)", metadata: ["key": "\(self.key)", "error": "\(error)"])
             }
-            for case .error(let message) in replies where !message.contains("equal or smaller") {
-                logger.error("log entry rejected by Redis", metadata: ["key": "\(self.key)", "error": "\(message)"])
-            }
-        } catch {
-            // Only cancellation gets here; the entries are lost with the process anyway.
-            logger.error("log write abandoned", metadata: ["key": "\(self.key)", "error": "\(error)"])
+            try? await Task.sleep(for: delay)
+            delay = min(delay * 2, .seconds(5))
         }
+        // Only cancellation gets here; the entries are lost with the process anyway.
+        logger.error("log write abandoned", metadata: ["key": "\(self.key)"])
     }
 
 }
