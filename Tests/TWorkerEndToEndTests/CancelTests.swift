@@ -1,7 +1,26 @@
 import Foundation
+import Logging
+import RedisClient
 import Testing
 import TWorkerCore
 import TWorkerTestSupport
+
+/// A local machine that takes a second to get ready, as a VM restored from its snapshot does.
+private struct SlowToPrepareMachine: Machine {
+    let inner: LocalMachine
+    var name: String { inner.name }
+
+    func prepare() async throws(InfrastructureError) {
+        try? await Task.sleep(for: .seconds(1))
+        try await inner.prepare()
+    }
+
+    func run(script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws(InfrastructureError) -> BuildExit {
+        try await inner.run(script: script, jobID: jobID, output: output)
+    }
+
+    func release() async throws(InfrastructureError) { try await inner.release() }
+}
 
 @Suite(.tags(.endToEnd))
 struct CancelTests {
@@ -19,6 +38,8 @@ struct CancelTests {
             let log = try await host.log(doomed)
             #expect(!log.text.contains("should-never-run"))
             #expect(log.isFinal)
+            // The same numbered entries (`0-<n>`, field n) as every other log write.
+            #expect(log.numbers == [1, 2], "\(log.entries)")
             #expect(try await host.record(kept)["state"] == "passed")
             #expect(try await host.events(for: doomed) == ["job:finished"])
 
@@ -58,6 +79,60 @@ struct CancelTests {
             // The worker goes on.
             let next = try await host.push(script: ["echo next"])
             #expect(try await eventually { try await host.record(next)["state"] == "passed" })
+            worker.requestStop(.graceful)
+            try await running.value
+        }
+    }
+}
+
+extension CancelTests {
+    /// A cancel that lands while the machine gets ready stops the job before its build starts,
+    /// however short the build (shorter than any poll).
+    @Test func aCancelBetweenTakingAndStartingIsHonouredAtOnce() async throws {
+        try await TestHost.with { host in
+            let marker = host.directory.path + "/built"
+            let id = try await host.push(script: ["touch \(marker)", "echo built"])
+            let config = try host.config()
+            var settings = Worker.Settings(config: config, vm: "worker-1")
+            settings.fetchBlock = .milliseconds(100)
+            var logger = Logger(label: "test-worker")
+            logger.logLevel = .critical
+            let local = try LocalProvider(workspaceRoot: config.local.workspace).machine(named: "worker-1") as! LocalMachine
+            let endpoint = host.redisServer.endpoint
+            let worker = Worker(settings: settings, machine: SlowToPrepareMachine(inner: local), redis: RedisConnection(endpoint: endpoint),
+                                blockingRedis: RedisConnection(endpoint: endpoint), subscriptionRedis: RedisConnection(endpoint: endpoint),
+                                logger: logger)
+            let running = Task { try await worker.run() }
+            let received = try await eventually { try await host.record(id)["state"] == "received" }
+            #expect(received)
+            let result = try await host.cli(["cancel", id, "--reason", "changed my mind", "--env", "test", "--config-dir", host.configDir])
+            #expect(result.status == 0, "\(result.err)")
+            #expect(try await eventually { try await host.record(id)["state"] == "cancelled" })
+            #expect(!FileManager.default.fileExists(atPath: marker), "the build never started")
+            #expect(try await host.events(for: id) == ["job:received", "job:finished"])
+            #expect(try await host.log(id).isFinal)
+            worker.requestStop(.graceful)
+            try await running.value
+        }
+    }
+
+    /// The cancel mark ends with the run it cancelled: the same id queued again runs.
+    @Test func aCancelDoesNotOutliveItsJobsRun() async throws {
+        try await TestHost.with { host in
+            let id = try await host.push(script: ["echo first-run", "sleep 30"])
+            let worker = try host.makeWorker { $0.fetchBlock = .milliseconds(100) }
+            let running = Task { try await worker.run() }
+            #expect(try await eventually { try await host.log(id).text.contains("first-run") })
+            let result = try await host.cli(["cancel", id, "--env", "test", "--config-dir", host.configDir])
+            #expect(result.status == 0, "\(result.err)")
+            #expect(try await eventually { try await host.record(id)["state"] == "cancelled" })
+            #expect(try await host.int(["EXISTS", host.keys.cancel(id)]) == 0)
+
+            try await host.push(id: id, script: ["echo second-run"])
+            let passed = try await eventually { try await host.record(id)["state"] == "passed" }
+            let record = try await host.record(id)
+            #expect(passed, "\(record)")
+            #expect(try await host.log(id).text.contains("second-run"))
             worker.requestStop(.graceful)
             try await running.value
         }
