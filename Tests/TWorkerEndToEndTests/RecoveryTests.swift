@@ -1,4 +1,5 @@
 import Foundation
+import RedisClient
 import Testing
 import TWorkerCore
 import TWorkerTestSupport
@@ -66,6 +67,51 @@ struct RecoveryTests {
             #expect(log.isFinal)
             #expect(log.numbers == Array(1...log.entries.count), "no entry lost or duplicated")
             #expect(try await host.int(["LLEN", host.keys.processing(vm: "worker-1")]) == 0)
+        }
+    }
+
+    /// SIGKILL leaves a build (in its own session) running; the worker's next start kills it
+    /// before the job runs again, so a silent `sleep 600; ./deploy` never finishes alongside.
+    @Test func aKilledWorkersBuildDiesBeforeItsJobRunsAgain() async throws {
+        try await TestHost.with { host in
+            let pidFile = host.directory.path + "/first-build.pid"
+            let deployed = host.directory.path + "/deployed"
+            let id = try await host.push(script: [
+                "if [ ! -f \(pidFile) ]; then echo $$ > \(pidFile); sleep 600; echo late >> \(deployed); fi", "echo second-run",
+            ])
+            let first = try host.spawnWorker()
+            #expect(await eventually { FileManager.default.fileExists(atPath: pidFile) }, "\(first.output)")
+            try await Task.sleep(for: .milliseconds(200))
+            let buildPID = try #require(pid_t(try String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
+            await first.kill9()
+            #expect(kill(buildPID, 0) == 0, "SIGKILL of the worker alone leaves its build running")
+
+            let second = try host.spawnWorker(arguments: ["--burst"])
+            #expect(await second.waitForExit(timeout: .seconds(30)) == 0, "\(second.output)")
+            #expect(await eventually(timeout: .seconds(3)) { processIsGone(buildPID) }, "the first build was killed")
+            #expect(try await host.record(id)["state"] == "passed")
+            #expect(try await host.record(id)["attempts"] == "2")
+            #expect(!FileManager.default.fileExists(atPath: deployed))
+        }
+    }
+
+    /// A killed worker never says goodbye: its entry in `tworker:workers` goes once its
+    /// heartbeat record expires (three intervals), swept by any live worker's beat.
+    @Test func aDeadWorkersEntryLeavesTheWorkerSet() async throws {
+        try await TestHost.with { host in
+            let dead = try host.spawnWorker(vm: "worker-1")
+            let member = host.keys.workerMember(vm: "worker-1")
+            let registered = try await eventually { try await host.redis.send(["SISMEMBER", RedisKeys.workers, member]).int == 1 }
+            #expect(registered, "\(dead.output)")
+            await dead.kill9()
+            let alive = try host.spawnWorker(vm: "worker-2")
+            let gone = try await eventually(timeout: .seconds(10)) {
+                try await host.redis.send(["SISMEMBER", RedisKeys.workers, member]).int == 0
+            }
+            #expect(gone, "the dead worker's entry left tworker:workers")
+            #expect(try await host.redis.send(["SISMEMBER", RedisKeys.workers, host.keys.workerMember(vm: "worker-2")]).int == 1)
+            alive.signal(SIGTERM)
+            #expect(await alive.waitForExit(timeout: .seconds(10)) == 0)
         }
     }
 }
