@@ -145,3 +145,57 @@ struct JobBoundaryTests {
         }
     }
 }
+
+/// A VM that never comes up.
+private struct BrokenMachine: Machine {
+    let name: String
+    func prepare() async throws(InfrastructureError) { throw InfrastructureError("VM \(name) failed to start (injected)") }
+    func run(script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws(InfrastructureError) -> BuildExit {
+        throw InfrastructureError("never ready")
+    }
+    func release() async throws(InfrastructureError) {}
+}
+
+@Suite(.tags(.endToEnd))
+struct RetryElsewhereTests {
+    /// Observed before: the failing worker took its requeued job straight back and spent every
+    /// attempt on its broken VM while the healthy worker was busy. Now the job waits for the
+    /// healthy worker and passes there on its second attempt.
+    @Test func aJobAVMFailedRunsOnAnotherWorkerWhenOneCanTakeIt() async throws {
+        try await TestHost.with { host in
+            let config = try host.config()
+            var logger = Logger(label: "test-worker")
+            logger.logLevel = .critical
+            let endpoint = host.redisServer.endpoint
+            func worker(_ vm: String, _ machine: any Machine) -> Worker {
+                var settings = Worker.Settings(config: config, vm: vm)
+                settings.fetchBlock = .milliseconds(100)
+                return Worker(settings: settings, machine: machine, redis: RedisConnection(endpoint: endpoint),
+                              blockingRedis: RedisConnection(endpoint: endpoint), subscriptionRedis: nil, logger: logger)
+            }
+            let healthy = worker("worker-2", try LocalProvider(workspaceRoot: config.local.workspace).machine(named: "worker-2"))
+            let broken = worker("worker-1", BrokenMachine(name: "worker-1"))
+            let busy = try await host.push(script: ["sleep 2"])
+            let runningHealthy = Task { try await healthy.run() }
+            #expect(try await eventually { try await host.record(busy)["state"] == "started" })
+            let runningBroken = Task { try await broken.run() }
+            #expect(try await eventually {
+                try await host.redis.send(["HGET", host.keys.worker(vm: "worker-1"), "state"]).string == "idle"
+            })
+            let job = try await host.push(script: ["echo ran-on-$TWORKER_VM"])
+            let finished = try await eventually(timeout: .seconds(20)) {
+                JobState(rawValue: try await host.record(job)["state"] ?? "")?.isFinal == true
+            }
+            let record = try await host.record(job)
+            #expect(finished, "\(record)")
+            #expect(record["state"] == "passed", "\(record)")
+            #expect(record["vm"] == "worker-2")
+            #expect(record["attempts"] == "2", "one attempt spent on the broken VM: \(record)")
+            #expect(try await host.log(job).text.contains("ran-on-worker-2"))
+            healthy.requestStop(.graceful)
+            broken.requestStop(.graceful)
+            try await runningHealthy.value
+            try await runningBroken.value
+        }
+    }
+}
