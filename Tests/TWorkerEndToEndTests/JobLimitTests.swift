@@ -64,4 +64,18 @@ struct JobLimitTests {
             #expect(try await host.log(id).text.contains("(2 s)"))
         }
     }
+
+    /// Observed before: 5 MB printed at once and the build exiting before the kill landed
+    /// ended `passed` with a cut log. Whoever wins the race, a cut log is an errored job.
+    @Test func aBuildThatExitsRightAfterFloodingTheLogIsStillErrored() async throws {
+        try await TestHost.with(config: "limits:\n  log_length: 100000\n") { host in
+            for round in 1...3 {
+                let id = try await host.push(id: "flood-\(round)", script: ["head -c 5000000 /dev/zero | tr '\\0' x", "exit 0"])
+                try await host.runBurst()
+                let record = try await host.record(id)
+                #expect(record["state"] == "errored", "round \(round): \(record)")
+                #expect(record["error"]?.contains("exceeded the limit of 100000 bytes") == true, "\(record)")
+            }
+        }
+    }
 }
