@@ -101,6 +101,16 @@ public final class Heartbeat: Sendable {
         ]
     }
 
+    /// Removes the record and registration of the worker on `vm` if process `pid` wrote them:
+    /// its master saw it exit (a killed worker cannot remove them itself).
+    public static func forget(vm: String, pid: pid_t, keys: RedisKeys) -> [String] {
+        ["EVAL", """
+        if redis.call('HGET', KEYS[1], 'pid') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+        if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
+        return 0
+        """, "2", keys.worker(vm: vm), RedisKeys.workers, String(pid), keys.workerMember(vm: vm)]
+    }
+
     /// Drops from `tworker:workers` every member whose heartbeat record has expired (a worker
     /// that was killed): every beat of every worker sweeps, so a dead entry lasts at most
     /// three intervals plus one.
