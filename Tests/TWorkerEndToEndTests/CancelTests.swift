@@ -92,16 +92,9 @@ extension CancelTests {
         try await TestHost.with { host in
             let marker = host.directory.path + "/built"
             let id = try await host.push(script: ["touch \(marker)", "echo built"])
-            let config = try host.config()
-            var settings = Worker.Settings(config: config, vm: "worker-1")
-            settings.fetchBlock = .milliseconds(100)
-            var logger = Logger(label: "test-worker")
-            logger.logLevel = .critical
-            let local = try LocalProvider(workspaceRoot: config.local.workspace).machine(named: "worker-1") as! LocalMachine
-            let endpoint = host.redisServer.endpoint
-            let worker = Worker(settings: settings, machine: SlowToPrepareMachine(inner: local), redis: RedisConnection(endpoint: endpoint),
-                                blockingRedis: RedisConnection(endpoint: endpoint), subscriptionRedis: RedisConnection(endpoint: endpoint),
-                                logger: logger)
+            let worker = try host.makeWorker(machine: SlowToPrepareMachine(inner: try host.localMachine()), logLevel: .critical) {
+                $0.fetchBlock = .milliseconds(100)
+            }
             let running = Task { try await worker.run() }
             let received = try await eventually { try await host.record(id)["state"] == "received" }
             #expect(received)

@@ -102,16 +102,8 @@ struct JobBoundaryTests {
                 }
             }
 
-            let config = try host.config()
-            var settings = Worker.Settings(config: config, vm: "worker-1")
-            settings.fetchBlock = .milliseconds(200)
-            var logger = Logger(label: "test-worker")
-            logger.logLevel = .critical
-            let local = try LocalProvider(workspaceRoot: config.local.workspace).machine(named: "worker-1") as! LocalMachine
-            let machine = FaultyMachine(inner: local, fault: step, admin: admin)
-            let endpoint = host.redisServer.endpoint
-            let worker = Worker(settings: settings, machine: machine, redis: RedisConnection(endpoint: endpoint),
-                                blockingRedis: RedisConnection(endpoint: endpoint), subscriptionRedis: nil, logger: logger)
+            let machine = FaultyMachine(inner: try host.localMachine(), fault: step, admin: admin)
+            let worker = try host.makeWorker(machine: machine, subscribed: false, logLevel: .critical)
             let running = Task { try await worker.run() }
             defer { running.cancel() }
 
@@ -163,18 +155,11 @@ struct RetryElsewhereTests {
     /// healthy worker and passes there on its second attempt.
     @Test func aJobAVMFailedRunsOnAnotherWorkerWhenOneCanTakeIt() async throws {
         try await TestHost.with { host in
-            let config = try host.config()
-            var logger = Logger(label: "test-worker")
-            logger.logLevel = .critical
-            let endpoint = host.redisServer.endpoint
-            func worker(_ vm: String, _ machine: any Machine) -> Worker {
-                var settings = Worker.Settings(config: config, vm: vm)
-                settings.fetchBlock = .milliseconds(100)
-                return Worker(settings: settings, machine: machine, redis: RedisConnection(endpoint: endpoint),
-                              blockingRedis: RedisConnection(endpoint: endpoint), subscriptionRedis: nil, logger: logger)
+            func worker(_ vm: String, _ machine: any Machine) throws -> Worker {
+                try host.makeWorker(vm: vm, machine: machine, subscribed: false, logLevel: .critical) { $0.fetchBlock = .milliseconds(100) }
             }
-            let healthy = worker("worker-2", try LocalProvider(workspaceRoot: config.local.workspace).machine(named: "worker-2"))
-            let broken = worker("worker-1", BrokenMachine(name: "worker-1"))
+            let healthy = try worker("worker-2", try host.localMachine("worker-2"))
+            let broken = try worker("worker-1", BrokenMachine(name: "worker-1"))
             let busy = try await host.push(script: ["sleep 2"])
             let runningHealthy = Task { try await healthy.run() }
             #expect(try await eventually { try await host.record(busy)["state"] == "started" })

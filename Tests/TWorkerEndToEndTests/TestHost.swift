@@ -83,18 +83,29 @@ struct TestHost: Sendable {
 
     func makeWorker(vm: String = "worker-1", subscribed: Bool = true, adjust: (inout Worker.Settings) -> Void = { _ in }) throws -> Worker {
         let config = try config()
-        var settings = Worker.Settings(config: config, vm: vm)
+        let provider: any MachineProvider = switch config.provider {
+        case .local: LocalProvider(workspaceRoot: config.local.workspace)
+        case .virtualbox: VirtualBoxProvider(config: config, logger: Logger(label: "test-worker"))
+        }
+        return try makeWorker(vm: vm, machine: try provider.machine(named: vm), subscribed: subscribed, adjust: adjust)
+    }
+
+    /// A worker in this process driving `machine` (a test's own, faults and all).
+    func makeWorker(vm: String = "worker-1", machine: any Machine, subscribed: Bool = true, logLevel: Logger.Level = .warning,
+                    adjust: (inout Worker.Settings) -> Void = { _ in }) throws -> Worker {
+        var settings = Worker.Settings(config: try config(), vm: vm)
         settings.fetchBlock = .milliseconds(200)
         adjust(&settings)
         var logger = Logger(label: "test-worker")
-        logger.logLevel = .warning
-        let provider: any MachineProvider = switch config.provider {
-        case .local: LocalProvider(workspaceRoot: config.local.workspace)
-        case .virtualbox: VirtualBoxProvider(config: config, logger: logger)
-        }
-        return Worker(settings: settings, machine: try provider.machine(named: vm),
+        logger.logLevel = logLevel
+        return Worker(settings: settings, machine: machine,
                       redis: RedisConnection(endpoint: redisServer.endpoint), blockingRedis: RedisConnection(endpoint: redisServer.endpoint),
                       subscriptionRedis: subscribed ? RedisConnection(endpoint: redisServer.endpoint) : nil, logger: logger)
+    }
+
+    /// The local machine `vm` of this host's config.
+    func localMachine(_ vm: String = "worker-1") throws -> LocalMachine {
+        try #require(try LocalProvider(workspaceRoot: try config().local.workspace).machine(named: vm) as? LocalMachine)
     }
 
     /// Starts `tworker work` as a separate process against this host.
