@@ -71,8 +71,8 @@ public struct JobCancellation: Sendable {
             let last = LogStreamer.lastNumber(in: try await redis.send(["XREVRANGE", keys.log(id), "+", "-", "COUNT", "1"]))
             let now = Timestamp.now()
             let state = reporter.stateCommands(id: id, state: .cancelled, fields: ["error": reason, "finished_at": now], event: .finished, at: now)
-            let log = LogStreamer.closingCommands(key: keys.log(id), lastNumber: last,
-                                                  text: "The job was cancelled before it started: \(reason)\n", retention: retention)
+            let log = LogStreamer.entryCommands(key: keys.log(id), after: last, text: "The job was cancelled before it started: \(reason)\n",
+                                                closing: true, retention: retention)
             let transaction: [[[UInt8]]] = [WorkQueue.bytes(["MULTI"]), [Array("LREM".utf8), Array(queue.utf8), Array("1".utf8), raw]]
                 + state.map(WorkQueue.bytes) + log + [WorkQueue.bytes(["DEL", keys.cancel(id)]), WorkQueue.bytes(["EXEC"])]
             let replies = try await redis.pipeline(bytes: transaction)

@@ -71,8 +71,9 @@ public struct ProcessingReaper: Sendable {
     func recover(_ raw: [UInt8], keys: RedisKeys, vm: String) async throws {
         let processing = Array(keys.processing(vm: vm).utf8)
         func transaction(_ commands: [[[UInt8]]]) async throws {
-            _ = try await redis.pipeline(bytes: [[Array("MULTI".utf8)]] + commands
+            let replies = try await redis.pipeline(bytes: [[Array("MULTI".utf8)]] + commands
                 + [[Array("LREM".utf8), processing, Array("1".utf8), raw], [Array("EXEC".utf8)]])
+            if case .error(let message)? = replies.last { throw RedisError.server("requeueing a dead worker's job: \(message)") }
         }
         guard case .success(let job) = JobDecoder.decode(raw) else {
             // Only a worker files malformed entries; the list keeps nothing a worker would not have rejected.
@@ -84,25 +85,21 @@ public struct ProcessingReaper: Sendable {
         let worker = "\(keys.host):\(vm)"
         let now = Timestamp.now()
         let reporter = JobReporter(redis: redis, keys: keys, retention: retention, worker: worker, logger: logger)
-        let logNumber = LogStreamer.lastNumber(in: try await redis.send(["XREVRANGE", keys.log(id), "+", "-", "COUNT", "1"])) + 1
-        func logEntry(_ text: String, final: Bool = false) -> [[UInt8]] {
-            var entry = ["XADD", keys.log(id), "0-\(logNumber)", "n", String(logNumber), "data", text]
-            if final { entry += ["final", "1"] }
-            return entry.map { Array($0.utf8) }
+        let lastNumber = LogStreamer.lastNumber(in: try await redis.send(["XREVRANGE", keys.log(id), "+", "-", "COUNT", "1"]))
+        func log(_ text: String, closing: Bool = false) -> [[[UInt8]]] {
+            LogStreamer.entryCommands(key: keys.log(id), after: lastNumber, text: text, closing: closing, retention: retention)
         }
         if attempts >= maxAttempts {
             let reason = "The worker running this job (\(worker)) died \(attempts) times; giving up after \(maxAttempts) attempts."
-            let closing = [Array("XADD".utf8), Array(keys.log(id).utf8), Array("0-\(logNumber + 1)".utf8), Array("n".utf8),
-                           Array(String(logNumber + 1).utf8), Array("final".utf8), Array("1".utf8)]
-            try await transaction([logEntry("\n\(reason)\n"), closing]
+            try await transaction(log("\n\(reason)\n", closing: true)
                 + reporter.stateCommands(id: id, state: .errored, fields: ["error": reason, "finished_at": now], event: .finished, at: now)
                     .map(WorkQueue.bytes))
             logger.warning("gave up a job whose worker died", metadata: ["job": "\(id)", "worker": "\(worker)"])
             return
         }
         let queueName = (try await redis.send(["HGET", keys.job(id), "queue"])).string.flatMap { $0.isEmpty ? nil : $0 } ?? defaultQueue
-        try await transaction([logEntry("\nThe worker running this job (\(worker)) died; the job was requeued (attempt \(attempts + 1) of \(maxAttempts)).\n"),
-                               [Array("LPUSH".utf8), Array(keys.queue(queueName).utf8), job.withAttempts(attempts)]]
+        try await transaction(log("\nThe worker running this job (\(worker)) died; the job was requeued (attempt \(attempts + 1) of \(maxAttempts)).\n")
+            + [[Array("LPUSH".utf8), Array(keys.queue(queueName).utf8), job.withAttempts(attempts)]]
             + reporter.stateCommands(id: id, state: .requeued, fields: ["attempts": String(attempts), "error": "worker \(worker) died"],
                                      event: .requeued, at: now).map(WorkQueue.bytes))
         logger.warning("requeued a job whose worker died", metadata: ["job": "\(id)", "worker": "\(worker)", "queue": "\(queueName)"])

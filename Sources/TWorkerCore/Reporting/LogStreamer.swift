@@ -171,10 +171,13 @@ public actor LogStreamer {
         return commands
     }
 
-    /// Closes a log that no streamer writes (a job cancelled in its queue): `text`, then the
-    /// `final` entry, numbered after `lastNumber`, for the caller's own transaction.
-    public static func closingCommands(key: String, lastNumber: Int, text: String, retention: Int) -> [[[UInt8]]] {
-        commands(key: key, entries: [(lastNumber + 1, Array(text.utf8), false), (lastNumber + 2, nil, true)], expireAfter: retention)
+    /// Writes `text` to a log no streamer is writing (a job cancelled in its queue, a dead
+    /// worker's job), numbered after `lastNumber`, for the caller's own transaction; `closing`
+    /// adds the `final` entry and the expiry.
+    public static func entryCommands(key: String, after lastNumber: Int, text: String, closing: Bool, retention: Int) -> [[[UInt8]]] {
+        var entries: [(number: Int, data: [UInt8]?, final: Bool)] = [(lastNumber + 1, Array(text.utf8), false)]
+        if closing { entries.append((lastNumber + 2, nil, true)) }
+        return commands(key: key, entries: entries, expireAfter: closing ? retention : nil)
     }
 
     /// Writes until Redis has taken every entry: a refused entry is retried with backoff, never
