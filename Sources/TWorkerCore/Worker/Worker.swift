@@ -71,10 +71,23 @@ public final class Worker: Sendable {
     let heartbeat: Heartbeat
     let keys: RedisKeys
     let logger: Logger
-    private let stop = Mutex<StopRequest>(.none)
-    private let currentBuild = Mutex<Task<BuildOutcome, Never>?>(nil)
-    private let currentJob = Mutex<String?>(nil)
-    private let interruption = Mutex<Interruption?>(nil)
+    /// What signals, cancels and the job loop change together, under one lock so that each
+    /// change is atomic: the stop request, the job in hand, its build and why it must stop.
+    private struct JobControl {
+        var stop: StopRequest = .none
+        var job: String?
+        var build: Task<BuildOutcome, Never>?
+        var interruption: Interruption?
+
+        /// Notes `why` for the job in hand; returns its build to cancel, if one runs.
+        mutating func interrupt(_ why: Interruption) -> Task<BuildOutcome, Never>? {
+            guard job != nil else { return nil }
+            // A stop outranks an abort or a cancel that arrives with it.
+            if interruption != .stop { interruption = why }
+            return build
+        }
+    }
+    private let control = Mutex(JobControl())
     private let paused = Mutex<Bool>(false)
     let subscriptionRedis: RedisConnection?
 
@@ -108,11 +121,11 @@ public final class Worker: Sendable {
 
     /// Asks the worker to stop; a stronger request overrides a weaker one.
     public func requestStop(_ request: StopRequest) {
-        let build = stop.withLock { current -> Task<BuildOutcome, Never>? in
-            current = max(current, request)
-            return current == .immediate ? currentBuild.withLock { $0 } : nil
+        let build = control.withLock { control -> Task<BuildOutcome, Never>? in
+            control.stop = max(control.stop, request)
+            return control.stop == .immediate ? control.interrupt(.stop) : nil
         }
-        if build != nil { interrupt(.stop) }
+        build?.cancel()
     }
 
     /// USR1: stops the running build and puts its job back at the head of the queue; the worker goes on.
@@ -133,22 +146,18 @@ public final class Worker: Sendable {
 
     /// Cancels job `id` if this worker holds it, whether its build runs yet or not.
     public func cancel(jobID id: String, reason: String) {
-        guard currentJob.withLock({ $0 }) == id else { return }
-        interrupt(.cancel(reason))
+        control.withLock { $0.job == id ? $0.interrupt(.cancel(reason)) : nil }?.cancel()
     }
 
     /// Notes why the job in hand must stop and stops its build if one runs; a job whose
     /// build has not started yet sees the note before starting it.
     private func interrupt(_ why: Interruption) {
-        guard currentJob.withLock({ $0 }) != nil else { return }
-        interruption.withLock { current in
-            // A stop outranks an abort or a cancel that arrives with it.
-            if current != .stop { current = why }
-        }
-        currentBuild.withLock { $0 }?.cancel()
+        control.withLock { $0.interrupt(why) }?.cancel()
     }
 
-    var stopRequest: StopRequest { stop.withLock { $0 } }
+    var stopRequest: StopRequest { control.withLock { $0.stop } }
+    private var currentJob: String? { control.withLock { $0.job } }
+    private var isInterrupted: Bool { control.withLock { $0.interruption != nil } }
 
     /// Serves the queue until stopped (or, in burst mode, until it is empty).
     public func run() async throws {
@@ -281,7 +290,7 @@ public final class Worker: Sendable {
                 do {
                     try await subscriptionRedis.subscribe(RedisKeys.cancelChannel) { [self] message in
                         let id = String(decoding: message, as: UTF8.self)
-                        guard currentJob.withLock({ $0 }) == id else { return }
+                        guard currentJob == id else { return }
                         Task { await self.cancelFromRedis(id) }
                     }
                 } catch {
@@ -439,12 +448,14 @@ public final class Worker: Sendable {
     private func run(_ job: QueuedJob, raw: [UInt8]) async -> Bool {
         let id = job.payload.id
         // From here on a cancel for this job is honoured, even before its build starts.
-        currentJob.withLock { $0 = id }
-        interruption.withLock { $0 = nil }
+        control.withLock {
+            $0.job = id
+            $0.interruption = nil
+        }
         let poller = Task { [self] in await pollCancellation(of: id) }
         defer {
             poller.cancel()
-            currentJob.withLock { $0 = nil }
+            control.withLock { $0.job = nil }
         }
         if await stepsBack(from: job, raw: raw) { return true }
 
@@ -510,7 +521,7 @@ public final class Worker: Sendable {
         _ = try await receivedWritten
         if case .failure(let error) = prepared { return .infrastructure(error.message) }
         // A cancel, abort or stop that came while the machine got ready wins before the build starts.
-        if interruption.withLock({ $0 }) != nil || stopRequest == .immediate { return .interrupted }
+        if isInterrupted || stopRequest == .immediate { return .interrupted }
         try await reporter.record(id: id, state: .started, fields: ["started_at": Timestamp.now()], event: .started)
         return await runBuild(job, log: log)
     }
@@ -537,7 +548,7 @@ public final class Worker: Sendable {
             await log.append("\n\nThe machine \(settings.vm) failed: \(message)\n")
             return await retryElsewhere(job, raw: raw, reason: message, log: log, with: afterwards)
         case .interrupted:
-            let why = interruption.withLock { value in defer { value = nil }; return value } ?? .stop
+            let why = control.withLock { control in defer { control.interruption = nil }; return control.interruption } ?? .stop
             switch why {
             case .cancel(let reason):
                 await log.append("\n\nThe job was cancelled: \(reason)\n")
@@ -567,15 +578,15 @@ public final class Worker: Sendable {
                 await log.append(chunk)
             }
         }
-        let stopNow = stop.withLock { request -> Bool in
-            currentBuild.withLock { $0 = task }
-            return request == .immediate
+        // Registered and checked in one step: a stop or cancel noted before this still stops it.
+        let stopNow = control.withLock { control -> Bool in
+            control.build = task
+            if control.stop == .immediate { _ = control.interrupt(.stop) }
+            return control.interruption != nil
         }
-        if stopNow { interrupt(.stop) }
-        // An interruption noted between the check before the build and the build's registration.
-        if interruption.withLock({ $0 }) != nil { task.cancel() }
+        if stopNow { task.cancel() }
         let outcome = await task.value
-        currentBuild.withLock { $0 = nil }
+        control.withLock { $0.build = nil }
         return outcome
     }
 
