@@ -4,9 +4,10 @@ import Foundation
 /// before every job; builds run on the host as their own process group.
 public struct LocalProvider: MachineProvider {
     public var workspaceRoot: String
+    /// Looked up on PATH at each job unless it is a path.
     public var bash: String
 
-    public init(workspaceRoot: String, bash: String = "/bin/bash") {
+    public init(workspaceRoot: String, bash: String = "bash") {
         self.workspaceRoot = workspaceRoot
         self.bash = bash
     }
@@ -22,7 +23,7 @@ public struct LocalMachine: Machine {
     public let workspace: String
     let bash: String
 
-    public func prepare() async throws {
+    public func prepare() async throws(InfrastructureError) {
         let files = FileManager.default
         do {
             // Moving the old workspace aside is one rename; deleting a large checkout takes
@@ -48,7 +49,20 @@ public struct LocalMachine: Machine {
         return true
     }
 
-    public func run(script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws -> BuildExit {
+    public func run(script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws(InfrastructureError) -> BuildExit {
+        do {
+            return try await runScript(script, jobID: jobID, output: output)
+        } catch let error as InfrastructureError {
+            throw error
+        } catch let error as ProgramNotFound {
+            throw InfrastructureError(error.description)
+        } catch {
+            throw InfrastructureError("running the build in \(workspace): \(error)")
+        }
+    }
+
+    private func runScript(_ script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws -> BuildExit {
+        let shell = try ProgramLocator().locate(.bash(bash))
         // The script lives beside the workspace, not in it (the build sees a clean checkout), and
         // not on stdin (a build command reading stdin would eat the rest of the script).
         let scriptPath = workspace + ".build.sh"
@@ -59,7 +73,7 @@ public struct LocalMachine: Machine {
         let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         close(fd)
         guard written == bytes.count else { throw InfrastructureError("cannot write build script \(scriptPath): short write") }
-        let command = BuildCommand(executable: bash, arguments: [scriptPath],
+        let command = BuildCommand(executable: shell, arguments: [scriptPath],
                                    environment: Self.buildEnvironment(home: workspace, jobID: jobID, vm: name),
                                    workingDirectory: workspace)
         return try await ChildProcess.run(command, output: output)
