@@ -72,6 +72,11 @@ public struct ProgramLocator: Sendable {
         self.searchPath = searchPath ?? Self.defaultSearchPath
     }
 
+    /// The directories searched, in order.
+    public var directories: [String] {
+        searchPath.split(separator: ":", omittingEmptySubsequences: true).map(String.init)
+    }
+
     /// The path to run `program` by.
     public func locate(_ program: Program) throws(ProgramNotFound) -> String {
         if program.name.contains("/") {
@@ -79,7 +84,7 @@ public struct ProgramLocator: Sendable {
             return program.name
         }
         if !program.name.isEmpty {
-            for directory in searchPath.split(separator: ":", omittingEmptySubsequences: true) {
+            for directory in directories {
                 let candidate = directory.hasSuffix("/") ? "\(directory)\(program.name)" : "\(directory)/\(program.name)"
                 if Self.isExecutableFile(candidate) { return candidate }
             }
