@@ -24,6 +24,13 @@ struct Start: AsyncParsableCommand {
     func run() async throws {
         MemoryTuning.apply()
         let config = try global.load().config
+        do {
+            // Every worker would fail every job without them: say so once, before starting any.
+            try ProgramLocator().check(Program.forWorkers(config))
+        } catch {
+            printError(error.description)
+            throw ExitCode.failure
+        }
         let settings = SupervisorSettings(config: config)
         let account: WorkerAccount?
         do {

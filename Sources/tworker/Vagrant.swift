@@ -26,8 +26,11 @@ struct LifecycleContext {
     let lifecycle: Lifecycle
     let lock: LifecycleLock?
 
-    static func make(_ global: GlobalOptions, locking: Bool = true) async throws -> LifecycleContext {
+    /// `needs` names the programs the command runs: a missing one stops it before it touches anything.
+    static func make(_ global: GlobalOptions, locking: Bool = true,
+                     needs: (WorkerConfig) -> [Program] = { Program.forLifecycle($0) }) async throws -> LifecycleContext {
         let config = try global.load().config
+        try ProgramLocator().check(needs(config))
         let logger = global.logger(config)
         let lock = locking ? try LifecycleLock(stateDir: config.stateDir) : nil
         let redis = try await RedisSetup.resolve(config, logger: logger)
@@ -90,7 +93,7 @@ extension Vagrant {
 
         func run() async throws {
             try await reportingFailures {
-                let context = try await LifecycleContext.make(global)
+                let context = try await LifecycleContext.make(global) { Program.forLifecycle($0, buildingBox: provision) }
                 defer { context.finish() }
                 try confirm("delete and re-create every VM named \(context.config.vms.namePrefix)*", yes: yes)
                 try await context.lifecycle.rebuild(provisionWithVagrant: provision)
@@ -114,7 +117,7 @@ extension Vagrant {
 
         func run() async throws {
             try await reportingFailures {
-                let context = try await LifecycleContext.make(global)
+                let context = try await LifecycleContext.make(global) { Program.forLifecycle($0, provisioning: true) }
                 defer { context.finish() }
                 print(context.lifecycle.estimateLine())
                 try await context.lifecycle.reprovision(Lifecycle.Strategy(rawValue: strategy)!)

@@ -133,7 +133,7 @@ struct CommandLineTests {
 
         let (missingStatus, missingOutput) = try await cli(["enqueue", "--script", "true"], path: "/nonexistent")
         #expect(missingStatus == 1)
-        #expect(missingOutput.contains("redis-server was not found on PATH; install it (Debian/Ubuntu: sudo apt-get install redis-server)"))
+        #expect(missingOutput.contains("tworker: redis-server not found on PATH (/nonexistent); install redis-server or set redis.url to an existing server"))
         #expect(missingOutput.split(separator: "\n").count == 1, "one clear line: \(missingOutput)")
     }
 }

@@ -75,6 +75,16 @@ public final class FakeVagrant: Sendable {
     /// What a process running the fake needs: `VAGRANT_HOME` and `FAKE_VBOX_HOME`.
     public var environment: [String: String] { ["VAGRANT_HOME": home, "FAKE_VBOX_HOME": virtualBox.home] }
 
+    /// A directory beside `home` holding `VBoxManage` and `vagrant` under their real names, needing
+    /// no environment: first on a PATH, they stand where an operator's installs put them.
+    public func installOnPath() throws -> String {
+        let directory = URL(fileURLWithPath: home).deletingLastPathComponent().path + "/bin"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try FakeVirtualBox.writeWrapper(directory + "/VBoxManage", environment: virtualBox.environment, executing: virtualBox.vboxmanagePath)
+        try FakeVirtualBox.writeWrapper(directory + "/vagrant", environment: environment, executing: vagrantPath)
+        return directory
+    }
+
     /// The directory where `box add --name name` unpacks a box (as real vagrant lays it out).
     public func boxDirectory(_ name: String) -> String {
         home + "/boxes/" + name.replacingOccurrences(of: "/", with: "-VAGRANTSLASH-") + "/0/virtualbox"

@@ -172,6 +172,22 @@ public final class FakeVirtualBox: Sendable {
         return wrapper
     }
 
+    /// A directory beside `home` holding only `VBoxManage`, under its real name and needing no
+    /// FAKE_VBOX_HOME: first on a PATH, it stands where an operator's VirtualBox install puts it.
+    public func installOnPath() throws -> String {
+        let directory = URL(fileURLWithPath: home).deletingLastPathComponent().path + "/bin-vboxmanage"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try Self.writeWrapper(directory + "/VBoxManage", environment: environment, executing: vboxmanagePath)
+        return directory
+    }
+
+    /// A `#!/bin/sh` script that execs `executable` with `environment` added.
+    static func writeWrapper(_ path: String, environment: [String: String], executing executable: String) throws {
+        let assignments = environment.sorted { $0.key < $1.key }.map { "\($0.key)='\($0.value)'" }.joined(separator: " ")
+        try "#!/bin/sh\n\(assignments) exec '\(executable)' \"$@\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+        chmod(path, 0o755)
+    }
+
     /// The user the tests run as: the fake guests log in as that user.
     public static var currentUser: String { String(cString: getpwuid(getuid())!.pointee.pw_name) }
 

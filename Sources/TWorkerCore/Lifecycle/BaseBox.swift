@@ -37,7 +37,7 @@ public enum BaseBox {
         let partial = directory + ".partial"
         try? FileManager.default.removeItem(atPath: partial)
         try FileManager.default.createDirectory(atPath: partial, withIntermediateDirectories: true)
-        let result = try await Subprocess.run(.name("tar"), arguments: ["-xf", box, "-C", partial],
+        let result = try await Subprocess.run(.path(FilePath(try ProgramLocator().locate(.tar))), arguments: ["-xf", box, "-C", partial],
                                               output: .discarded, error: .string(limit: 1 << 16))
         guard case .exited(0) = result.terminationStatus else {
             throw Problem(description: "cannot unpack \(box): tar: \(result.standardError.trimmingCharacters(in: .whitespacesAndNewlines))")

@@ -294,7 +294,7 @@ struct VagrantRunner: Sendable {
 
     func run(_ arguments: [String]) async throws {
         let result = try await Subprocess.run(
-            executable.contains("/") ? .path(FilePath(executable)) : .name(executable), arguments: Arguments(arguments),
+            .path(FilePath(try ProgramLocator().locate(.vagrant(executable)))), arguments: Arguments(arguments),
             environment: .custom(Dictionary(uniqueKeysWithValues: environment.map { (Environment.Key(rawValue: $0.key)!, $0.value) })),
             workingDirectory: FilePath(directory), output: .string(limit: 4 << 20), error: .string(limit: 1 << 20))
         guard case .exited(0) = result.terminationStatus else {

@@ -4,9 +4,10 @@ import Foundation
 /// before every job; builds run on the host as their own process group.
 public struct LocalProvider: MachineProvider {
     public var workspaceRoot: String
+    /// Looked up on PATH at each job unless it is a path.
     public var bash: String
 
-    public init(workspaceRoot: String, bash: String = "/bin/bash") {
+    public init(workspaceRoot: String, bash: String = "bash") {
         self.workspaceRoot = workspaceRoot
         self.bash = bash
     }
@@ -57,6 +58,7 @@ public struct LocalMachine: Machine {
     }
 
     private func runScript(_ script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws -> BuildExit {
+        let shell = try ProgramLocator().locate(.bash(bash))
         // The script lives beside the workspace, not in it (the build sees a clean checkout), and
         // not on stdin (a build command reading stdin would eat the rest of the script).
         let scriptPath = workspace + ".build.sh"
@@ -67,7 +69,7 @@ public struct LocalMachine: Machine {
         let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         close(fd)
         guard written == bytes.count else { throw InfrastructureError("cannot write build script \(scriptPath): short write") }
-        let command = BuildCommand(executable: bash, arguments: [scriptPath],
+        let command = BuildCommand(executable: shell, arguments: [scriptPath],
                                    environment: Self.buildEnvironment(home: workspace, jobID: jobID, vm: name),
                                    workingDirectory: workspace)
         defer { buildGroup.clear() }

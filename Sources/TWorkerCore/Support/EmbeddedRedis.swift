@@ -20,12 +20,6 @@ public final class EmbeddedRedis: Sendable {
     /// The pid of the server this process started, nil when it reused a running one.
     public let startedPID: pid_t?
 
-    public struct MissingServer: Error, CustomStringConvertible {
-        public var description: String {
-            "redis-server was not found on PATH; install it (Debian/Ubuntu: sudo apt-get install redis-server) or set redis.url to an existing server"
-        }
-    }
-
     public struct StartFailure: Error, CustomStringConvertible {
         public var description: String
     }
@@ -51,7 +45,7 @@ public final class EmbeddedRedis: Sendable {
             logger.debug("reusing embedded redis-server", metadata: ["pid": "\(pid)", "socket": "\(probe.socketPath)"])
             return probe
         }
-        guard let binary = findExecutable("redis-server") else { throw MissingServer() }
+        let binary = try ProgramLocator().locate(.redisServer)
         try? FileManager.default.removeItem(atPath: probe.socketPath)
         let arguments = [
             "--port", "0", "--unixsocket", probe.socketPath, "--unixsocketperm", "700",
@@ -102,15 +96,6 @@ public final class EmbeddedRedis: Sendable {
         let connection = RedisConnection(endpoint: endpoint, connectTimeout: .seconds(1), commandTimeout: .seconds(1))
         defer { connection.close() }
         return (try? await connection.send(["PING"]))?.string == "PONG"
-    }
-
-    static func findExecutable(_ name: String) -> String? {
-        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
-        for directory in path.split(separator: ":") {
-            let candidate = "\(directory)/\(name)"
-            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-        }
-        return nil
     }
 
     private static func runAndWait(_ executable: String, _ arguments: [String]) async throws -> Int32 {

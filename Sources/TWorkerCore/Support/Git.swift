@@ -55,7 +55,7 @@ public enum Git {
     /// Runs git with `command`'s arguments and returns its stdout; stderr goes into the error.
     public static func run(_ command: GitCommand) async throws -> String {
         let result = try await Subprocess.run(
-            .name("git"), arguments: Arguments(command.arguments),
+            .path(FilePath(try ProgramLocator().locate(.git))), arguments: Arguments(command.arguments),
             environment: .inherit.updating(["GIT_TERMINAL_PROMPT": "0"]),
             output: .string(limit: 1 << 20), error: .string(limit: 1 << 16))
         guard case .exited(0) = result.terminationStatus else {

@@ -18,6 +18,7 @@ public struct VBoxManageOutput: Sendable {
 /// duration, counts calls, refuses to touch VMs outside tworker's prefix, turns stderr into
 /// `VBoxManageError`, and retries the lock error VirtualBox reports right after a poweroff.
 public final class VBoxManageRunner: Sendable {
+    /// `virtualbox.vboxmanage`: a bare name is looked up on PATH at each call.
     public let executable: String
     public let namePrefix: String
     public let timeout: Duration
@@ -38,6 +39,8 @@ public final class VBoxManageRunner: Sendable {
         self.lockRetryDelay = lockRetryDelay
     }
 
+    public var program: Program { .vboxmanage(executable) }
+
     /// Calls made so far (every try counts).
     public var calls: Int { counter.withLock { $0 } }
 
@@ -47,7 +50,8 @@ public final class VBoxManageRunner: Sendable {
         public var description: String { "refusing to change VM '\(vm)': its name does not start with '\(prefix)'" }
     }
 
-    /// Runs `command`, retrying lock errors; throws `VBoxManageError` on failure.
+    /// Runs `command`, retrying lock errors; throws `VBoxManageError` on failure, `ProgramNotFound`
+    /// when VBoxManage is not there.
     @discardableResult
     public func run(_ command: VBoxManageCommand) async throws -> VBoxManageOutput {
         if let vm = command.changes, !vm.hasPrefix(namePrefix) || namePrefix.isEmpty {
@@ -68,10 +72,12 @@ public final class VBoxManageRunner: Sendable {
     }
 
     private func runOnce(_ command: VBoxManageCommand) async throws -> VBoxManageOutput {
+        // Looked up per call, as a shell would: VirtualBox installed while tworker runs is found.
+        let executable = try ProgramLocator().locate(program)
         counter.withLock { $0 += 1 }
         let started = ContinuousClock.now
         let result = try await withThrowingTaskGroup(of: Outcome.self) { group -> Outcome in
-            group.addTask { [executable] in
+            group.addTask {
                 let result = try await Subprocess.run(
                     .path(FilePath(executable)), arguments: Arguments(command.arguments),
                     environment: .inherit, output: .string(limit: 8 << 20), error: .string(limit: 1 << 20))

@@ -68,33 +68,61 @@ public final class VirtualBoxMachine: Machine {
         self.logger = logger
     }
 
+    // MARK: - The provider's edge: whatever is thrown inside leaves as an InfrastructureError
+
     public func prepare() async throws(InfrastructureError) {
-        try await InfrastructureError.mapping("preparing VM \(vmName)") { try await readyFromSandbox() }
+        do {
+            try await readyFromSandbox()
+        } catch let error as InfrastructureError {
+            throw error
+        } catch {
+            throw Self.infrastructureError(error, while: "preparing VM \(vmName)")
+        }
     }
 
     public func run(script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws(InfrastructureError) -> BuildExit {
-        try await InfrastructureError.mapping("running the build on VM \(vmName)") { try await runOverSSH(script: script, output: output) }
+        do {
+            return try await runOverSSH(script: script, output: output)
+        } catch let error as InfrastructureError {
+            throw error
+        } catch {
+            throw Self.infrastructureError(error, while: "running the build on VM \(vmName)")
+        }
     }
 
     public func release() async throws(InfrastructureError) {
-        try await InfrastructureError.mapping("resetting VM \(vmName) after the job") { try await resetToSandbox() }
+        do {
+            try await resetToSandbox()
+        } catch let error as InfrastructureError {
+            throw error
+        } catch {
+            throw Self.infrastructureError(error, while: "resetting VM \(vmName) after the job")
+        }
     }
 
-    private func readyFromSandbox() async throws {
-        do {
-            guard let info = try await runner.info(vmName) else {
-                throw InfrastructureError("VM \(vmName) does not exist (create it with `tworker vagrant import`)")
-            }
-            try resetKnownHostsIfRecreated(uuid: info.uuid)
-            let alreadyRestored = restored.withLock { value in defer { value = false }; return value }
-            if !(alreadyRestored && (info.state == "saved" || info.state == "poweroff")) {
-                try await powerOffIfRunning(state: info.state)
-                try await restoreSandbox()
-            }
-            try await runner.run(.startVM(vmName, type: startType))
-        } catch let error as VBoxManageError {
-            throw InfrastructureError(error.description)
+    /// VBoxManage's errors and a missing program already say what failed and what to do;
+    /// anything else (a spawn or file error, a cancelled wait) is named with the step it broke.
+    static func infrastructureError(_ error: any Error, while step: String) -> InfrastructureError {
+        switch error {
+        case let error as VBoxManageError: InfrastructureError(error.description)
+        case let error as ProgramNotFound: InfrastructureError(error.description)
+        default: InfrastructureError("\(step): \(error)")
         }
+    }
+
+    // MARK: - Steps
+
+    private func readyFromSandbox() async throws {
+        guard let info = try await runner.info(vmName) else {
+            throw InfrastructureError("VM \(vmName) does not exist (create it with `tworker vagrant import`)")
+        }
+        try resetKnownHostsIfRecreated(uuid: info.uuid)
+        let alreadyRestored = restored.withLock { value in defer { value = false }; return value }
+        if !(alreadyRestored && (info.state == "saved" || info.state == "poweroff")) {
+            try await powerOffIfRunning(state: info.state)
+            try await restoreSandbox()
+        }
+        try await runner.run(.startVM(vmName, type: startType))
         try await waitForSSH()
     }
 
@@ -104,10 +132,10 @@ public final class VirtualBoxMachine: Machine {
         // its own failures. No status line means ssh's 255 was the connection, not the build.
         let token = "tworker-exit-" + UUID().uuidString.prefix(8).lowercased()
         let remote = "bash -s; status=$?; echo \(token):$status >&2; exit $status"
-        let command = BuildCommand(executable: "ssh", arguments: target.arguments(remoteCommand: [remote]),
+        let command = BuildCommand(executable: try ProgramLocator().locate(.ssh), arguments: target.arguments(remoteCommand: [remote]),
                                    environment: ProcessInfo.processInfo.environment, standardInput: script)
         let errors = Mutex<[UInt8]>([])
-        let exit = try await ChildProcess.run(command.resolvingExecutable(), output: output) { chunk in
+        let exit = try await ChildProcess.run(command, output: output) { chunk in
             errors.withLock { if $0.count < 65536 { $0 += chunk } }
         }
         let stderr = String(decoding: errors.withLock { $0 }, as: UTF8.self)
@@ -173,19 +201,5 @@ public final class VirtualBoxMachine: Machine {
             try? files.removeItem(atPath: target.knownHosts)
             try uuid.write(toFile: marker, atomically: true, encoding: .utf8)
         }
-    }
-}
-
-extension BuildCommand {
-    /// Looks a bare program name up on PATH (swift-subprocess runs paths).
-    func resolvingExecutable() -> BuildCommand {
-        guard !executable.contains("/") else { return self }
-        var copy = self
-        let path = environment["PATH"] ?? ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
-        for directory in path.split(separator: ":") where FileManager.default.isExecutableFile(atPath: "\(directory)/\(executable)") {
-            copy.executable = "\(directory)/\(executable)"
-            break
-        }
-        return copy
     }
 }
