@@ -1,12 +1,13 @@
 import Logging
 
-/// Runs `body`, retrying while it throws a connection error, with capped exponential backoff.
+/// Runs `body`, retrying while it throws a retryable error (a lost connection or a transient
+/// error reply such as `LOADING`, see `RedisError.isRetryable`), with capped exponential backoff.
 ///
 /// The delay starts at `initialDelay` and doubles up to `maxDelay`; every call starts afresh.
 /// To keep an outage from flooding the log, a warning is written once per backoff step (with
 /// the error and the next delay), then, once the delay is capped, only when the error changes
 /// or every 12th failure; every failure is logged at debug level. A success after failures
-/// logs one info line. Server errors, other errors and `CancellationError` are rethrown at once.
+/// logs one info line. Other error replies, other errors and `CancellationError` are rethrown at once.
 public func withRedisRetry<T: Sendable>(
     logger: Logger,
     what: String,
@@ -28,7 +29,7 @@ public func withRedisRetry<T: Sendable>(
                 logger.info("\(what): redis is reachable again after \(failures) failed attempt(s)")
             }
             return value
-        } catch let error as RedisError where error.isConnectionError {
+        } catch let error as RedisError where error.isRetryable {
             failures += 1
             failuresSinceLog += 1
             let text = error.description

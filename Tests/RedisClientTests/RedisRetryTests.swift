@@ -130,3 +130,33 @@ struct RedisRetryTests {
         #expect(ContinuousClock.now - start < .seconds(5))
     }
 }
+
+@Suite("Transient error replies")
+struct TransientReplyTests {
+    @Test(arguments: ["LOADING Redis is loading the dataset in memory", "BUSY Redis is busy running a script",
+                      "MASTERDOWN Link with MASTER is down", "READONLY You can't write against a read only replica.",
+                      "TRYAGAIN Multiple keys request during rehashing", "CLUSTERDOWN The cluster is down"])
+    func aTransientReplyIsRetriedWithTheSameBackoffAsALostConnection(message: String) async throws {
+        let clock = RecordingClock()
+        let calls = Counter()
+        let value = try await withRedisRetry(logger: Logger(label: "test"), what: "write", clock: clock) { () async throws -> Int in
+            if calls.next() <= 2 { throw RedisError.server(message) }
+            return 7
+        }
+        #expect(value == 7)
+        #expect(calls.count == 3)
+        #expect(clock.sleeps == [.milliseconds(100), .milliseconds(200)])
+        #expect(RedisError.server(message).isTransient)
+    }
+
+    @Test func aPermanentReplyIsThrownAtOnce() async {
+        let calls = Counter()
+        await #expect(throws: RedisError.server("WRONGTYPE Operation against a key holding the wrong kind of value")) {
+            try await withRedisRetry(logger: Logger(label: "test"), what: "write", clock: RecordingClock()) { () async throws -> Int in
+                _ = calls.next()
+                throw RedisError.server("WRONGTYPE Operation against a key holding the wrong kind of value")
+            }
+        }
+        #expect(calls.count == 1)
+    }
+}
