@@ -22,6 +22,11 @@ public struct InfrastructureError: Error, Sendable, CustomStringConvertible {
             return try await body()
         } catch let error as InfrastructureError {
             throw error
+        } catch let error as VBoxManageError {
+            // These already say what failed and what to do.
+            throw InfrastructureError(error.description)
+        } catch let error as ProgramNotFound {
+            throw InfrastructureError(error.description)
         } catch {
             throw InfrastructureError("\(what): \(error)")
         }

@@ -71,43 +71,15 @@ public final class VirtualBoxMachine: Machine {
     // MARK: - The provider's edge: whatever is thrown inside leaves as an InfrastructureError
 
     public func prepare() async throws(InfrastructureError) {
-        do {
-            try await readyFromSandbox()
-        } catch let error as InfrastructureError {
-            throw error
-        } catch {
-            throw Self.infrastructureError(error, while: "preparing VM \(vmName)")
-        }
+        try await InfrastructureError.mapping("preparing VM \(vmName)") { try await readyFromSandbox() }
     }
 
     public func run(script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws(InfrastructureError) -> BuildExit {
-        do {
-            return try await runOverSSH(script: script, output: output)
-        } catch let error as InfrastructureError {
-            throw error
-        } catch {
-            throw Self.infrastructureError(error, while: "running the build on VM \(vmName)")
-        }
+        try await InfrastructureError.mapping("running the build on VM \(vmName)") { try await runOverSSH(script: script, output: output) }
     }
 
     public func release() async throws(InfrastructureError) {
-        do {
-            try await resetToSandbox()
-        } catch let error as InfrastructureError {
-            throw error
-        } catch {
-            throw Self.infrastructureError(error, while: "resetting VM \(vmName) after the job")
-        }
-    }
-
-    /// VBoxManage's errors and a missing program already say what failed and what to do;
-    /// anything else (a spawn or file error, a cancelled wait) is named with the step it broke.
-    static func infrastructureError(_ error: any Error, while step: String) -> InfrastructureError {
-        switch error {
-        case let error as VBoxManageError: InfrastructureError(error.description)
-        case let error as ProgramNotFound: InfrastructureError(error.description)
-        default: InfrastructureError("\(step): \(error)")
-        }
+        try await InfrastructureError.mapping("resetting VM \(vmName) after the job") { try await resetToSandbox() }
     }
 
     // MARK: - Steps
