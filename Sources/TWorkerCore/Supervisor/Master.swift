@@ -281,6 +281,11 @@ public actor Master {
     private func exited(_ number: Int, _ generation: Int, description: String) {
         guard var slot = slots[number], slot.generation == generation else { return }
         let pid = slot.pid.map(String.init) ?? "-"
+        if config.provider == .local,
+           let machine = try? LocalProvider(workspaceRoot: config.local.workspace).machine(named: slot.vm) as? LocalMachine {
+            // A killed worker's build runs on in its own session: it dies with its worker, now.
+            machine.buildGroup.killRecorded()
+        }
         if let exitedPID = slot.pid {
             // A killed worker leaves its heartbeat behind; its master knows it is gone.
             let forget = Heartbeat.forget(vm: slot.vm, pid: exitedPID, keys: RedisKeys(namespace: config.redis.namespace, host: config.host))
