@@ -51,6 +51,8 @@ extension GlobalOptions {
         try await reportingFailures {
             let setup = try await RedisSetup.resolve(config, logger: logger)
             defer { setup.shutdown() }
+            let signals = await setup.embedded?.leaveOnSignals()
+            defer { signals?.cancel() }
             let redis = setup.connect()
             defer { redis.close() }
             try await body(RedisSession(config: config, logger: logger, redis: redis,

@@ -53,6 +53,10 @@ struct Start: AsyncParsableCommand {
         try await reportingFailures {
             let redis = try await RedisSetup.resolve(config, logger: logger)
             defer { redis.shutdown() }
+            if let account, geteuid() == 0 {
+                // Before the first worker starts as that account: the socket and its directories.
+                try WorkerFileAccess.prepare(config, for: account)
+            }
             let connection = RedisConnection(endpoint: redis.endpoint, connectTimeout: .seconds(2), commandTimeout: .seconds(5), logger: logger)
             defer { connection.close() }
             var arguments: [String] = []
@@ -66,6 +70,8 @@ struct Start: AsyncParsableCommand {
                     try ConfigLoader(configDir: global.configDir, env: global.env, verbose: global.verbose ? true : nil).load().config
                 },
                 configDir: global.configDir ?? ProcessInfo.processInfo.environment["TWORKER_CONFIG_DIR"],
+                pinnedEnvironment: ["REDIS_URL": redis.url, "TWORKER_STATE_DIR": Self.absolute(config.stateDir),
+                                    "TWORKER_REDIS_NAMESPACE": config.redis.namespace],
                 reaper: Master.processingReaper)
             let master = Master(config: config, settings: settings, account: account, setup: setup, redis: connection, logger: logger)
             let server = try ControlServer(path: paths.socket) { request in await master.control(request) }
@@ -73,6 +79,10 @@ struct Start: AsyncParsableCommand {
             let code = await master.run()
             if code != 0 { throw ExitCode(code) }
         }
+    }
+
+    static func absolute(_ path: String) -> String {
+        path.hasPrefix("/") ? path : (FileManager.default.currentDirectoryPath as NSString).appendingPathComponent(path)
     }
 
     /// The running binary's path (so a deploy that replaced it starts the new one on HUP).

@@ -10,7 +10,7 @@ enum ConfigSchema {
         .string("host", { _, context in context.hostname }, \.host),
 
         .redisURL("redis.url", "embedded", \.redis.url, env: "REDIS_URL"),
-        .string("redis.namespace", "resque", \.redis.namespace),
+        .string("redis.namespace", "resque", \.redis.namespace, env: "TWORKER_REDIS_NAMESPACE"),
 
         .int("vms.count", 1, 1...64, \.vms.count),
         .string("vms.name_prefix", { config, _ in "tworker-\(config.env)-" }, \.vms.namePrefix, allowEmpty: true),
@@ -37,7 +37,7 @@ enum ConfigSchema {
         .int("heartbeat.interval", 10, 1...3600, \.heartbeat.interval),
         .int("reporting.retention", 604_800, atLeast: 60, \.reporting.retention),
 
-        .path("state_dir", { _, _ in "var" }, \.stateDir),
+        .path("state_dir", { _, _ in "var" }, \.stateDir, env: "TWORKER_STATE_DIR"),
         .path("local.workspace", { config, _ in config.stateDir + "/local" }, \.local.workspace),
 
         .string("ssh.user", "travis", \.ssh.user),

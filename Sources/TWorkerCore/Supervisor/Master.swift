@@ -26,19 +26,24 @@ public actor Master {
         public var settings: @Sendable (WorkerConfig) -> SupervisorSettings
         /// For `status`.
         public var configDir: String?
+        /// What the children must use as the master does whatever their config files say by
+        /// then (`REDIS_URL` of the very server the master talks to, `TWORKER_STATE_DIR`,
+        /// `TWORKER_REDIS_NAMESPACE`): only a restart of the master changes them.
+        public var pinnedEnvironment: [String: String]
         /// Called every `heartbeat.interval`: `processingReaper` (requeues the jobs of
         /// `tworker:processing:*` lists whose worker's heartbeat expired, on any host).
         public var reaper: (@Sendable (WorkerConfig, RedisConnection, Logger) async -> Void)?
 
         public init(executable: String, arguments: [String], loadConfig: @escaping @Sendable () throws -> WorkerConfig,
                     settings: @escaping @Sendable (WorkerConfig) -> SupervisorSettings = { SupervisorSettings(config: $0) },
-                    configDir: String? = nil,
+                    configDir: String? = nil, pinnedEnvironment: [String: String] = [:],
                     reaper: (@Sendable (WorkerConfig, RedisConnection, Logger) async -> Void)? = nil) {
             self.executable = executable
             self.arguments = arguments
             self.loadConfig = loadConfig
             self.settings = settings
             self.configDir = configDir
+            self.pinnedEnvironment = pinnedEnvironment
             self.reaper = reaper
         }
     }
@@ -239,8 +244,16 @@ public actor Master {
         }
         // TWORKER_START_PAUSED: a replacement started while the pool is paused takes no job
         // before its USR2 could arrive. TWORKER_MASTER_PID: the worker exits when orphaned.
-        let environment = Environment.inherit.updating(["VM": nil, "TWORKER_START_PAUSED": slot.paused ? "1" : nil,
-                                                        "TWORKER_MASTER_PID": String(getpid())])
+        var variables: [Environment.Key: String?] = ["VM": nil, "TWORKER_START_PAUSED": slot.paused ? "1" : nil,
+                                                     "TWORKER_MASTER_PID": String(getpid())]
+        for (name, value) in setup.pinnedEnvironment { variables[Environment.Key(stringLiteral: name)] = value }
+        if let account {
+            // As login would set them: a build tool reading HOME must not find root's.
+            variables["HOME"] = account.home
+            variables["USER"] = account.user
+            variables["LOGNAME"] = account.user
+        }
+        let environment = Environment.inherit.updating(variables)
         let executable = setup.executable
         let logger = logger
         Task.detached { [self] in
@@ -449,8 +462,19 @@ public actor Master {
             logger.error("HUP: \(error.description); keeping the old config")
             return
         }
-        if fresh.redis != config.redis || fresh.stateDir != config.stateDir {
-            logger.warning("HUP: redis or state_dir changed: the workers use the new values, the master keeps the old ones until it is restarted")
+        if let change = Self.restartOnlyChange(from: config, to: fresh) {
+            // Workers on another Redis or state_dir than their master's would be beyond its
+            // reaper, its status and its embedded server: refuse rather than split the pool.
+            logger.error("HUP: \(change) changed: that needs a restart of the master (tworker stop, then tworker start); keeping the old config")
+            return
+        }
+        if let freshAccount, freshAccount != account, geteuid() == 0 {
+            do {
+                try WorkerFileAccess.prepare(fresh, for: freshAccount)
+            } catch {
+                logger.error("HUP: \(error.description); keeping the old config")
+                return
+            }
         }
         config = fresh
         settings = freshSettings
@@ -473,6 +497,15 @@ public actor Master {
             slots[number] = Slot(number: number)
             spawn(number)
         }
+    }
+
+    /// The keys only a restart may change, named as in the config file; nil when none changed.
+    static func restartOnlyChange(from old: WorkerConfig, to new: WorkerConfig) -> String? {
+        var changed: [String] = []
+        if old.redis.url != new.redis.url { changed.append("redis.url") }
+        if old.redis.namespace != new.redis.namespace { changed.append("redis.namespace") }
+        if old.stateDir != new.stateDir { changed.append("state_dir") }
+        return changed.isEmpty ? nil : changed.joined(separator: ", ")
     }
 
     // MARK: - Control socket

@@ -55,6 +55,8 @@ public struct WorkerAccount: Sendable, Equatable {
     public var uid: uid_t
     public var gid: gid_t
     public var groups: [gid_t]
+    /// Its home directory, for HOME in the workers' environment.
+    public var home: String = "/"
 
     public struct Problem: Error, CustomStringConvertible, Equatable {
         public var description: String
@@ -72,6 +74,7 @@ public struct WorkerAccount: Sendable, Equatable {
         }
         guard let entry = getpwnam(user) else { throw Problem("user '\(user)' does not exist on this machine") }
         let uid = entry.pointee.pw_uid
+        let home = entry.pointee.pw_dir.map { String(cString: $0) } ?? "/"
         var gid = entry.pointee.pw_gid
         if let group = settings.group {
             guard let groupEntry = getgrnam(group) else { throw Problem("group '\(group)' does not exist on this machine") }
@@ -90,6 +93,6 @@ public struct WorkerAccount: Sendable, Equatable {
             groups = [gid_t](repeating: 0, count: Int(count))
             _ = getgrouplist(user, gid, &groups, &count)
         }
-        return WorkerAccount(user: user, uid: uid, gid: gid, groups: Array(groups.prefix(Int(max(0, count)))))
+        return WorkerAccount(user: user, uid: uid, gid: gid, groups: Array(groups.prefix(Int(max(0, count)))), home: home)
     }
 }

@@ -2,6 +2,8 @@ import Foundation
 import Logging
 import RedisClient
 import Subprocess
+import Synchronization
+import UnixSignals
 #if canImport(System)
 import System
 #else
@@ -9,26 +11,35 @@ import SystemPackage
 #endif
 
 /// `redis.url: embedded`: a private `redis-server` on a unix socket under `<state_dir>/redis/`,
-/// with its data (append-only file) beside it.
+/// with its data (append-only file) beside it, shared by every tworker command using that
+/// `state_dir` at the moment.
 ///
-/// A server already running there (its pidfile names a live process whose socket answers) is
-/// reused; one this process started is stopped again by `stop()`.
+/// Two locks beside the socket make concurrent commands (`tworker work` in one terminal,
+/// `tworker logs --follow` in another) share exactly one server:
+/// - `start.lock` (exclusive, short): held while a command finds, starts or stops the server,
+///   so two never start one each on the same socket and append-only file;
+/// - `users.lock` (shared, for as long as a command uses the server): the last user to leave
+///   (it alone can turn its shared lock exclusive) stops the server. The kernel drops a killed
+///   command's locks, so a server left behind by SIGKILL is reachable, and the next command to
+///   leave it stops it.
 public final class EmbeddedRedis: Sendable {
     public let directory: String
     public let socketPath: String
     public let pidFile: String
-    /// The pid of the server this process started, nil when it reused a running one.
+    /// The pid of the server this process started, nil when it joined a running one.
     public let startedPID: pid_t?
+    private let users: FileLock?
 
     public struct StartFailure: Error, CustomStringConvertible {
         public var description: String
     }
 
-    private init(directory: String, startedPID: pid_t?) {
+    private init(directory: String, startedPID: pid_t?, users: FileLock?) {
         self.directory = directory
         self.socketPath = directory + "/redis.sock"
         self.pidFile = directory + "/redis.pid"
         self.startedPID = startedPID
+        self.users = users
     }
 
     public var endpoint: RedisEndpoint {
@@ -36,44 +47,112 @@ public final class EmbeddedRedis: Sendable {
         try! RedisEndpoint(url: "unix://" + socketPath)
     }
 
-    /// Reuses the running embedded server or starts one.
+    /// The socket path under `state_dir`, whether or not a server runs there.
+    public static func socketPath(stateDir: String) -> String {
+        (stateDir as NSString).appendingPathComponent("redis/redis.sock")
+    }
+
+    /// Joins the running embedded server or starts one.
     public static func startOrReuse(stateDir: String, logger: Logger) async throws -> EmbeddedRedis {
         let directory = (stateDir as NSString).appendingPathComponent("redis")
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let probe = EmbeddedRedis(directory: directory, startedPID: nil)
-        if let pid = probe.runningPID(), await probe.answers() {
-            logger.debug("reusing embedded redis-server", metadata: ["pid": "\(pid)", "socket": "\(probe.socketPath)"])
-            return probe
+        let startLock = try await FileLock.acquire(directory + "/start.lock", exclusive: true)
+        defer { startLock.unlock() }
+        let probe = EmbeddedRedis(directory: directory, startedPID: nil, users: nil)
+        var startedPID: pid_t?
+        if let pid = probe.runningPID(), FileManager.default.fileExists(atPath: probe.socketPath),
+           await probe.answers(within: .seconds(10)) {
+            logger.debug("joining the running embedded redis-server", metadata: ["pid": "\(pid)", "socket": "\(probe.socketPath)"])
+        } else {
+            probe.stopStray(logger: logger)
+            startedPID = try await probe.launch(logger: logger)
         }
+        let users = try await FileLock.acquire(directory + "/users.lock", exclusive: false)
+        return EmbeddedRedis(directory: directory, startedPID: startedPID, users: users)
+    }
+
+    /// Leaves the server; the last command using it stops it and waits until it has exited.
+    /// Only the first call does anything.
+    public func stop() {
+        guard let users else { return }
+        // Under the start lock, so nobody joins between the check and the stop. Blocking here is
+        // fine: this runs once, at the command's end.
+        let startLock = FileLock.acquireBlocking(directory + "/start.lock", exclusive: true)
+        defer { startLock?.unlock() }
+        let last = users.tryUpgrade()
+        guard users.unlock() else { return }
+        if last, let pid = runningPID() {
+            Self.terminate(pid)
+        }
+    }
+
+    /// For short commands (`logs --follow` ended with Ctrl-C): INT, TERM or HUP leave the
+    /// server as a normal end would, then exit 128+signal.
+    public func leaveOnSignals() async -> Task<Void, Never> {
+        let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm, .sighup)
+        return Task { [self] in
+            for await signal in signals {
+                stop()
+                exit(128 + signal.rawValue)
+            }
+        }
+    }
+
+    // MARK: - Starting
+
+    private func launch(logger: Logger) async throws -> pid_t {
         let binary = try ProgramLocator().locate(.redisServer)
-        try? FileManager.default.removeItem(atPath: probe.socketPath)
+        try? FileManager.default.removeItem(atPath: socketPath)
+        try? FileManager.default.removeItem(atPath: pidFile)
         let arguments = [
-            "--port", "0", "--unixsocket", probe.socketPath, "--unixsocketperm", "700",
-            "--dir", directory, "--appendonly", "yes", "--pidfile", probe.pidFile,
+            "--port", "0", "--unixsocket", socketPath, "--unixsocketperm", "700",
+            "--dir", directory, "--appendonly", "yes", "--pidfile", pidFile,
             "--daemonize", "yes", "--logfile", directory + "/redis.log", "--save", "",
         ]
         // Daemonized, so a Ctrl-C aimed at tworker's process group does not take Redis down
         // before tworker has written its jobs' final states.
-        let status = try await runAndWait(binary, arguments)
+        let status = try await Self.runAndWait(binary, arguments)
         guard status == 0 else {
             throw StartFailure(description: "redis-server failed to start (exit \(status)); see \(directory)/redis.log")
         }
-        let deadline = ContinuousClock.now + .seconds(10)
-        while ContinuousClock.now < deadline {
-            if let pid = probe.runningPID(), await probe.answers() {
-                logger.info("started embedded redis-server", metadata: ["pid": "\(pid)", "socket": "\(probe.socketPath)"])
-                return EmbeddedRedis(directory: directory, startedPID: pid)
-            }
-            try await Task.sleep(for: .milliseconds(20))
+        if await answers(within: .seconds(10)), let pid = runningPID() {
+            logger.info("started embedded redis-server", metadata: ["pid": "\(pid)", "socket": "\(socketPath)"])
+            return pid
         }
-        throw StartFailure(description: "redis-server did not answer on \(probe.socketPath) within 10 s; see \(directory)/redis.log")
+        if let pid = runningPID() { Self.terminate(pid) }
+        throw StartFailure(description: "redis-server did not answer on \(socketPath) within 10 s; see \(directory)/redis.log")
     }
 
-    /// Stops the server if this process started it; waits until it has exited.
-    public func stop() {
-        guard let pid = startedPID else { return }
-        guard kill(pid, SIGTERM) == 0 else { return }
-        for _ in 0..<1000 where Self.isAlive(pid) { usleep(5_000) }
+    /// A server whose pid file is ours but which does not answer (its socket removed, or
+    /// wedged) would hold the append-only file beside a new one: stop it first. Only a process
+    /// named redis-server is signalled, so a pid reused by something else is left alone.
+    private func stopStray(logger: Logger) {
+        guard let pid = runningPID(), Self.command(of: pid) == "redis-server" else { return }
+        logger.warning("stopping an embedded redis-server that does not answer", metadata: ["pid": "\(pid)", "socket": "\(socketPath)"])
+        Self.terminate(pid)
+    }
+
+    // MARK: - Probing
+
+    func runningPID() -> pid_t? {
+        guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
+              let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0, Self.isAlive(pid) else { return nil }
+        return pid
+    }
+
+    /// Waits up to `patience` for PONG (a server loading its append-only file answers LOADING first).
+    func answers(within patience: Duration) async -> Bool {
+        let deadline = ContinuousClock.now + patience
+        repeat {
+            if FileManager.default.fileExists(atPath: socketPath) {
+                let connection = RedisConnection(endpoint: endpoint, connectTimeout: .seconds(1), commandTimeout: .seconds(1))
+                let reply = try? await connection.send(["PING"])
+                connection.close()
+                if reply?.string == "PONG" { return true }
+            }
+            try? await Task.sleep(for: .milliseconds(20))
+        } while ContinuousClock.now < deadline
+        return false
     }
 
     /// A daemonized server's parent is init (or a container's pid 1), which may reap it late:
@@ -85,17 +164,18 @@ public final class EmbeddedRedis: Sendable {
         return !stat[close...].hasPrefix(") Z")
     }
 
-    func runningPID() -> pid_t? {
-        guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
-              let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0, Self.isAlive(pid) else { return nil }
-        return pid
+    static func command(of pid: pid_t) -> String? {
+        (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    func answers() async -> Bool {
-        guard FileManager.default.fileExists(atPath: socketPath) else { return false }
-        let connection = RedisConnection(endpoint: endpoint, connectTimeout: .seconds(1), commandTimeout: .seconds(1))
-        defer { connection.close() }
-        return (try? await connection.send(["PING"]))?.string == "PONG"
+    /// SIGTERM (redis-server flushes its append-only file), SIGKILL after 10 s.
+    static func terminate(_ pid: pid_t) {
+        guard kill(pid, SIGTERM) == 0 else { return }
+        for _ in 0..<2000 where isAlive(pid) { usleep(5_000) }
+        if isAlive(pid) {
+            kill(pid, SIGKILL)
+            for _ in 0..<400 where isAlive(pid) { usleep(5_000) }
+        }
     }
 
     private static func runAndWait(_ executable: String, _ arguments: [String]) async throws -> Int32 {
@@ -104,5 +184,65 @@ public final class EmbeddedRedis: Sendable {
         case .exited(let code): return code
         case .signaled(let signal): return 128 + signal
         }
+    }
+}
+
+/// An flock on a file, held until `unlock()` or the process's end. The descriptor is
+/// close-on-exec, so programs tworker starts (redis-server itself) never inherit the lock.
+final class FileLock: Sendable {
+    /// nil once unlocked: a second unlock must not close a descriptor number reused since.
+    private let fd: Mutex<Int32?>
+
+    private init(fd: Int32) { self.fd = Mutex(fd) }
+
+    /// Waits for the lock without blocking a thread of the cooperative pool.
+    static func acquire(_ path: String, exclusive: Bool) async throws -> FileLock {
+        let fd = try openLockFile(path)
+        while flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0 {
+            guard errno == EWOULDBLOCK || errno == EINTR else {
+                let error = errno
+                close(fd)
+                throw CocoaError(.fileLocking, userInfo: [NSFilePathErrorKey: path, NSUnderlyingErrorKey: POSIXError(POSIXErrorCode(rawValue: error) ?? .EIO)])
+            }
+            do {
+                try await Task.sleep(for: .milliseconds(10))
+            } catch {
+                close(fd)
+                throw error
+            }
+        }
+        return FileLock(fd: fd)
+    }
+
+    static func acquireBlocking(_ path: String, exclusive: Bool) -> FileLock? {
+        guard let fd = try? openLockFile(path) else { return nil }
+        while flock(fd, exclusive ? LOCK_EX : LOCK_SH) != 0 {
+            guard errno == EINTR else { close(fd); return nil }
+        }
+        return FileLock(fd: fd)
+    }
+
+    /// Turns a shared lock exclusive if nobody else holds it; true when it did.
+    func tryUpgrade() -> Bool {
+        fd.withLock { fd in fd.map { flock($0, LOCK_EX | LOCK_NB) == 0 } ?? false }
+    }
+
+    /// True the first time only.
+    @discardableResult
+    func unlock() -> Bool {
+        fd.withLock { fd in
+            guard let open = fd else { return false }
+            close(open)
+            fd = nil
+            return true
+        }
+    }
+
+    private static func openLockFile(_ path: String) throws -> Int32 {
+        // Read-only suffices for flock, so another user given the group can take it too.
+        var fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o660)
+        if fd < 0 { fd = open(path, O_RDONLY | O_CLOEXEC) }
+        guard fd >= 0 else { throw CocoaError(.fileReadNoPermission, userInfo: [NSFilePathErrorKey: path]) }
+        return fd
     }
 }

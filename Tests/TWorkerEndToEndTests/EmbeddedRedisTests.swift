@@ -1,0 +1,131 @@
+import Foundation
+import Testing
+import TWorkerTestSupport
+
+/// `redis.url: embedded` as a new user meets it: several commands started at the same moment
+/// in several terminals share one redis-server, none stops it under another, and none leaves
+/// one behind that cannot be reached.
+@Suite(.tags(.endToEnd), .serialized)
+struct EmbeddedRedisTests {
+    /// A fresh `state_dir` with the documented defaults but for its place.
+    struct Host {
+        let directory: TempDirectory
+        var configDir: String { directory.path + "/config" }
+        var redisDirectory: String { directory.path + "/var/redis" }
+        var socket: String { redisDirectory + "/redis.sock" }
+
+        init() throws {
+            directory = try TempDirectory(prefix: "tworker-embedded")
+            try FileManager.default.createDirectory(atPath: configDir, withIntermediateDirectories: true)
+            try "provider: local\nstate_dir: \(directory.path)/var\n".write(toFile: configDir + "/worker.yml", atomically: true, encoding: .utf8)
+        }
+
+        func spawn(_ arguments: [String], name: String) throws -> SpawnedProcess {
+            try SpawnedProcess.spawn(try tworkerExecutable(), arguments + ["--config-dir", configDir],
+                                     environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": directory.path],
+                                     log: directory.path + "/\(name)-\(UUID().uuidString.prefix(6)).log")
+        }
+
+        /// Every live redis-server serving this host's socket (its process title names the socket).
+        func servers() -> [pid_t] {
+            let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+            return entries.compactMap { entry -> pid_t? in
+                guard let pid = pid_t(entry),
+                      let comm = try? String(contentsOfFile: "/proc/\(entry)/comm", encoding: .utf8),
+                      comm.hasPrefix("redis-server"),
+                      let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                      !(stat.split(separator: ")").last?.hasPrefix(" Z") ?? true),
+                      let cmdline = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(entry)/cmdline")) else { return nil }
+                return String(decoding: cmdline, as: UTF8.self).contains(socket) ? pid : nil
+            }
+        }
+    }
+
+    @Test(arguments: 1...4)
+    func commandsStartedAtOnceShareOneServerAndLeaveNoneBehind(round: Int) async throws {
+        let host = try Host()
+        defer { host.directory.remove() }
+        let id = "together-\(round)"
+        let job = #"{"id":"\#(id)","config":{"script":["for i in 1 2 3 4 5 6; do echo line-$i; sleep 0.25; done"]}}"#
+        try job.write(toFile: host.directory.path + "/job.json", atomically: true, encoding: .utf8)
+
+        // Two followers, the worker and the enqueue, all at the same moment.
+        let followers = try (1...2).map { try host.spawn(["logs", id, "--follow"], name: "follow-\($0)") }
+        let worker = try host.spawn(["work"], name: "work")
+        let enqueue = try host.spawn(["enqueue", "--file", host.directory.path + "/job.json"], name: "enqueue")
+
+        var most = 0
+        let followed = await eventually(timeout: .seconds(40)) {
+            most = max(most, host.servers().count)
+            return followers.allSatisfy { $0.output.contains("passed") }
+        }
+        #expect(followed, "followers: \(followers.map(\.output)) worker: \(worker.output)")
+        #expect(await enqueue.waitForExit(timeout: .seconds(10)) == 0, "\(enqueue.output)")
+        for follower in followers {
+            #expect(await follower.waitForExit(timeout: .seconds(10)) == 0, "\(follower.output)")
+            #expect(follower.output.contains("line-1") && follower.output.contains("line-6"), "\(follower.output)")
+        }
+        #expect(most == 1, "at most one redis-server on \(host.socket), saw \(most)")
+        // The worker still uses the server the others started or joined: it is still there.
+        #expect(host.servers().count == 1, "the worker's server was stopped under it")
+
+        worker.signal(SIGQUIT)
+        #expect(await worker.waitForExit(timeout: .seconds(20)) == 0, "\(worker.output)")
+        // The last user stopped it: nothing is left that nobody can reach.
+        #expect(await eventually(timeout: .seconds(5)) { host.servers().isEmpty }, "a redis-server was left on \(host.socket)")
+
+        // And what they wrote was kept (the append-only file): a later command reads it back.
+        let later = try host.spawn(["job", id], name: "job")
+        #expect(await later.waitForExit(timeout: .seconds(20)) == 0, "\(later.output)")
+        #expect(later.output.contains("passed"), "\(later.output)")
+        #expect(await eventually(timeout: .seconds(5)) { host.servers().isEmpty })
+    }
+
+    @Test func aServerLeftBehindIsJoinedThenStoppedByItsLastUser() async throws {
+        let host = try Host()
+        defer { host.directory.remove() }
+        // A worker killed with SIGKILL cannot stop the server it started: it stays, reachable.
+        let killed = try host.spawn(["work"], name: "killed")
+        #expect(await eventually(timeout: .seconds(15)) { host.servers().count == 1 }, "\(killed.output)")
+        #expect(await eventually(timeout: .seconds(15)) { killed.output.contains("worker ready") }, "\(killed.output)")
+        await killed.kill9()
+        let left = try #require(host.servers().first)
+        #expect(FileManager.default.fileExists(atPath: host.socket), "left behind, but reachable")
+
+        // The next command joins it (no second server) and, the last to leave, stops it.
+        let enqueue = try host.spawn(["enqueue", "--script", "true"], name: "enqueue")
+        #expect(await enqueue.waitForExit(timeout: .seconds(20)) == 0, "\(enqueue.output)")
+        #expect(!enqueue.output.contains("started embedded redis-server"), "joined the running one: \(enqueue.output)")
+        #expect(await eventually(timeout: .seconds(5)) { processIsGone(left) })
+        #expect(host.servers().isEmpty)
+    }
+
+    @Test func aServerWhoseSocketIsGoneIsStoppedBeforeAnotherStarts() async throws {
+        let host = try Host()
+        defer { host.directory.remove() }
+        let killed = try host.spawn(["work"], name: "killed")
+        #expect(await eventually(timeout: .seconds(15)) { killed.output.contains("worker ready") }, "\(killed.output)")
+        await killed.kill9()
+        let stray = try #require(host.servers().first)
+        // What the issue saw: a server holding the append-only file whose socket file is gone.
+        try FileManager.default.removeItem(atPath: host.socket)
+
+        let worker = try host.spawn(["work"], name: "work")
+        #expect(await eventually(timeout: .seconds(25)) { worker.output.contains("worker ready") }, "\(worker.output)")
+        #expect(processIsGone(stray), "the unreachable server was stopped")
+        #expect(host.servers().count == 1 && host.servers().first != stray)
+        worker.signal(SIGTERM)
+        #expect(await worker.waitForExit(timeout: .seconds(20)) == 0, "\(worker.output)")
+        #expect(await eventually(timeout: .seconds(5)) { host.servers().isEmpty })
+    }
+
+    @Test func aFollowerEndedWithCtrlCLeavesTheServerAsANormalEndWould() async throws {
+        let host = try Host()
+        defer { host.directory.remove() }
+        let follower = try host.spawn(["logs", "nosuchjob", "--follow"], name: "follow")
+        #expect(await eventually(timeout: .seconds(15)) { host.servers().count == 1 }, "\(follower.output)")
+        follower.signal(SIGINT)
+        #expect(await follower.waitForExit(timeout: .seconds(15)) == 128 + SIGINT, "\(follower.output)")
+        #expect(await eventually(timeout: .seconds(5)) { host.servers().isEmpty }, "its last user was interrupted, the server stopped")
+    }
+}
