@@ -20,9 +20,11 @@ struct TestHost: Sendable {
     var stateDir: String { directory.path + "/var" }
     var keys: RedisKeys { RedisKeys(namespace: "resque", host: "testhost") }
 
-    /// Runs `body` with a fresh host; `config` is YAML added to the test config file.
-    static func with(config: String = "", appendonly: Bool = false, _ body: (TestHost) async throws -> Void) async throws {
-        try await withRedisServer(appendonly: appendonly) { server in
+    /// Runs `body` with a fresh host; `config` is YAML added to the test config file,
+    /// `redisArguments` extra redis-server settings.
+    static func with(config: String = "", appendonly: Bool = false, redisArguments: [String] = [],
+                     _ body: (TestHost) async throws -> Void) async throws {
+        try await withRedisServer(appendonly: appendonly, arguments: redisArguments) { server in
             let directory = try TempDirectory(prefix: "tworker-e2e")
             defer { directory.remove() }
             let host = TestHost(redisServer: server, directory: directory, redis: RedisConnection(endpoint: server.endpoint))

@@ -17,6 +17,8 @@ public final class RedisServer: Sendable {
     public let directory: String
     public let password: String?
     public let appendonly: Bool
+    /// Extra `--name value` arguments, given again on every restart.
+    public let arguments: [String]
     private let tempDirectory: TempDirectory
     private let executable: String
     /// PID of the running process, 0 once stopped.
@@ -46,12 +48,13 @@ public final class RedisServer: Sendable {
         RedisEndpoint(address: .unix(path: socketPath), password: password)
     }
 
-    /// Starts a server and waits (up to 10 s) until it answers PING.
-    public static func start(password: String? = nil, appendonly: Bool = false) async throws -> RedisServer {
+    /// Starts a server and waits (up to 10 s) until it answers PING. `arguments` are extra
+    /// command-line settings (e.g. `["--key-load-delay", "100"]`), kept across restarts.
+    public static func start(password: String? = nil, appendonly: Bool = false, arguments: [String] = []) async throws -> RedisServer {
         var lastError: any Error = TestSupportError("redis-server did not start")
         // A free port can be taken by someone else before redis binds it: retry with a new one.
         for _ in 0..<5 {
-            let server = try RedisServer(port: try freeLoopbackPort(), password: password, appendonly: appendonly)
+            let server = try RedisServer(port: try freeLoopbackPort(), password: password, appendonly: appendonly, arguments: arguments)
             do {
                 try await server.launch()
                 return server
@@ -63,10 +66,11 @@ public final class RedisServer: Sendable {
         throw lastError
     }
 
-    private init(port: Int, password: String?, appendonly: Bool) throws {
+    private init(port: Int, password: String?, appendonly: Bool, arguments: [String]) throws {
         self.port = port
         self.password = password
         self.appendonly = appendonly
+        self.arguments = arguments
         tempDirectory = try TempDirectory(prefix: "tworker-redis")
         directory = tempDirectory.path
         socketPath = tempDirectory.path + "/redis.sock"
@@ -141,6 +145,7 @@ public final class RedisServer: Sendable {
             "--enable-debug-command", "local",
         ]
         if let password { arguments += ["--requirepass", password] }
+        arguments += self.arguments
         let pid = try Self.spawn(executable, arguments, log: directory + "/redis.log")
         process.withLock { $0 = pid }
         try await waitUntilReady(pid)
@@ -238,9 +243,10 @@ public final class RedisServer: Sendable {
 public func withRedisServer<T>(
     password: String? = nil,
     appendonly: Bool = false,
+    arguments: [String] = [],
     _ body: (RedisServer) async throws -> T
 ) async throws -> T {
-    let server = try await RedisServer.start(password: password, appendonly: appendonly)
+    let server = try await RedisServer.start(password: password, appendonly: appendonly, arguments: arguments)
     let result: T
     do {
         result = try await body(server)
