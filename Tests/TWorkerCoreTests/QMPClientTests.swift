@@ -21,15 +21,21 @@ final class FakeQMPPeer: Sendable {
     /// Written by the peer's thread, read by the test.
     final class LockedLog: Sendable {
         private let items = Mutex<[[String: JSONValue]]>([])
+        private let hungUp = Mutex(false)
         func append(_ item: [String: JSONValue]) { items.withLock { $0.append(item) } }
         var all: [[String: JSONValue]] { items.withLock { $0 } }
+        func hangUp() { hungUp.withLock { $0 = true } }
+        var clientHungUp: Bool { hungUp.withLock { $0 } }
     }
 
     var received: [[String: JSONValue]] { log.all }
+    /// True once the peer read end-of-file: every copy of the client's socket is closed.
+    var clientHungUp: Bool { log.clientHungUp }
 
     init(path: String, respond: @escaping @Sendable (_ command: String, _ id: JSONValue, _ message: [String: JSONValue]) -> [String]?) throws {
         self.path = path
-        let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        // Close-on-exec, so processes other tests spawn meanwhile do not keep the peer's end open.
+        let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         self.listener = listener
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
@@ -40,8 +46,9 @@ final class FakeQMPPeer: Sendable {
         guard bound == 0, listen(listener, 1) == 0 else { throw TestSupportError("fake QMP peer: bind/listen \(path) failed: errno \(errno)") }
         let log = log
         Thread.detachNewThread {
-            let fd = accept(listener, nil, nil)
+            let fd = accept(listener, nil, nil)  // accept4 is not visible from Swift's Glibc
             guard fd >= 0 else { return }
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             defer { close(fd) }
             func write(_ line: String) {
                 let bytes = Array((line + "\r\n").utf8)
@@ -52,7 +59,10 @@ final class FakeQMPPeer: Sendable {
             var chunk = [UInt8](repeating: 0, count: 4096)
             while true {
                 let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                guard count > 0 else { return }
+                guard count > 0 else {
+                    log.hangUp()
+                    return
+                }
                 buffer += chunk[..<count]
                 while let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
                     let line = Data(buffer[..<newline])
@@ -99,9 +109,7 @@ final class FakeQMPPeer: Sendable {
             }
         }) { peer in
             let client = try await QMPClient.connect(path: peer.path, timeout: .seconds(5))
-            let status = try await client.status()
-            #expect(status.status == "running")
-            #expect(status.running)
+            #expect(try await client.status() == QMPClient.Status(status: "running", running: true))
             #expect(peer.received.map { $0["execute"]?.stringValue } == ["qmp_capabilities", "query-status"])
             #expect(peer.received.map { $0["id"] } == [.int(1), .int(2)], "every command carries a fresh id")
             await client.close()
@@ -140,6 +148,18 @@ final class FakeQMPPeer: Sendable {
             #expect(ContinuousClock.now - started < .seconds(3))
             let closed = await #expect(throws: QMPError.self) { try await client.cont() }
             #expect(closed == .connectionClosed(command: "cont"))
+        }
+    }
+
+    @Test func aChildProcessDoesNotKeepTheConnectionOpen() async throws {
+        try await withPeer({ _, id, _ in [Self.ok(id)] }) { peer in
+            let client = try await QMPClient.connect(path: peer.path)
+            let directory = try TempDirectory(prefix: "tworker-qmp-child")
+            defer { directory.remove() }
+            let child = try SpawnedProcess.spawn("/bin/sleep", ["30"], environment: [:], log: directory.path + "/sleep.log")
+            defer { kill(child.pid, SIGKILL); _ = waitpid(child.pid, nil, 0) }
+            await client.close()
+            #expect(await eventually(timeout: .seconds(3)) { peer.clientHungUp }, "the socket was inherited by the child")
         }
     }
 

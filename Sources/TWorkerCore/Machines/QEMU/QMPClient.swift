@@ -92,13 +92,23 @@ public final class QMPClient: Sendable {
     /// Resumes the guest's CPUs.
     public func cont(timeout: Duration = .seconds(30)) async throws { try await execute("cont", timeout: timeout) }
 
-    /// The VM's run state (`running`, `paused`, `restore-vm`, `shutdown`...).
-    public func status(timeout: Duration = .seconds(30)) async throws -> (status: String, running: Bool) {
+    /// `query-status`: the VM's run state.
+    public struct Status: Sendable, Equatable {
+        /// `running`, `paused`, `restore-vm`, `shutdown`...
+        public var status: String
+        public var running: Bool
+        public init(status: String, running: Bool) {
+            self.status = status
+            self.running = running
+        }
+    }
+
+    public func status(timeout: Duration = .seconds(30)) async throws -> Status {
         let reply = try await execute("query-status", timeout: timeout)
         guard let status = reply.objectValue?["status"]?.stringValue, case .bool(let running)? = reply.objectValue?["running"] else {
             throw QMPError.protocolViolation(command: "query-status", detail: reply.jsonText)
         }
-        return (status, running)
+        return Status(status: status, running: running)
     }
 
     /// Asks qemu to exit. qemu may close the socket before its reply arrives: that counts as done.
@@ -149,7 +159,14 @@ public final class QMPClient: Sendable {
             raw[bytes.count] = 0
         }
         while true {
-            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            // Close-on-exec: a build or ssh the worker spawns must not inherit the socket, or qemu
+            // would not see this client hang up (and accepts only one QMP client at a time).
+            #if os(Linux)
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            #else
+            let fd = socket(AF_UNIX, SOCK_STREAM, 0)
+            if fd >= 0 { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+            #endif
             guard fd >= 0 else { throw QMPError.connect(path: path, reason: "socket: \(String(cString: strerror(errno)))") }
             let result = withUnsafePointer(to: &address) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
