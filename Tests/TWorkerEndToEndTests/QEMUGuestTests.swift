@@ -112,6 +112,8 @@ struct QEMUGuestTests {
             #expect(lines.first?.hasPrefix("5.") == true, "bash is the login shell: \(FakeVirtualBox.describe(tools))")
             #expect(lines.count == 3 && Int(lines[1]).map { abs($0 - 1_700_000_000) < 5 } == true, "date -s works: \(tools.stdout)")
             #expect(lines.last == "disk")
+            let script = try await guest.ssh("printf 'echo from-stdin; exit 3\\n' | bash -s")
+            #expect(script.stdout == "from-stdin\n" && script.status == 3, "bash -s runs a script from stdin: \(FakeVirtualBox.describe(script))")
 
             let qmp = try await QMPClient.connect(path: guest.qmpPath, timeout: .seconds(10))
             #expect(try await qmp.status() == QMPClient.Status(status: "running", running: true))
