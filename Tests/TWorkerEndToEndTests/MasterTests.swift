@@ -158,6 +158,46 @@ struct MasterSignalTests {
         }
     }
 
+    @Test func aHupThatChangesRedisOrStateDirIsRefusedAndTheWorkersKeepTheMastersValues() async throws {
+        try await TestHost.with { host in
+            try host.writeMasterConfig(workers: 2)
+            try await host.withMaster(workers: 2) { master in
+                let before = master.workerPIDs()
+                let file = host.configDir + "/worker.test.yml"
+                let original = try String(contentsOfFile: file, encoding: .utf8)
+                try original.replacingOccurrences(of: "redis:\n", with: "redis:\n  namespace: elsewhere\n")
+                    .write(toFile: file, atomically: true, encoding: .utf8)
+                master.signal(SIGHUP)
+                let refused = await eventually(timeout: .seconds(5)) {
+                    master.output.contains("HUP: redis.namespace changed: that needs a restart of the master (tworker stop, then tworker start); keeping the old config")
+                }
+                #expect(refused, "\(master.output)")
+                try await Task.sleep(for: .milliseconds(500))
+                #expect(master.workerPIDs() == before, "nothing restarted")
+
+                // A worker that dies now comes back on the master's namespace, not the file's:
+                // its heartbeat is where the master (and its reaper) look.
+                kill(try #require(before["worker-1"]), SIGKILL)
+                let back = await eventually(timeout: .seconds(15)) {
+                    let now = master.workerPIDs()
+                    return now["worker-1"] != nil && now["worker-1"] != before["worker-1"]
+                        && master.worker("worker-1")?.state == "idle"
+                }
+                #expect(back, "\(master.output)")
+                let id = try await host.push(script: ["echo still-here"])
+                #expect(try await eventually(timeout: .seconds(15)) { try await host.record(id)["state"] == "passed" }, "\(master.output)")
+
+                try original.replacingOccurrences(of: "state_dir: \(host.stateDir)", with: "state_dir: \(host.directory.path)/other")
+                    .write(toFile: file, atomically: true, encoding: .utf8)
+                master.signal(SIGHUP)
+                let refusedAgain = await eventually(timeout: .seconds(5)) {
+                    master.output.contains("HUP: state_dir changed: that needs a restart of the master")
+                }
+                #expect(refusedAgain, "\(master.output)")
+            }
+        }
+    }
+
     @Test func ttinAddsAWorkerAndTtouStopsTheHighest() async throws {
         try await TestHost.with { host in
             try host.writeMasterConfig(workers: 2)

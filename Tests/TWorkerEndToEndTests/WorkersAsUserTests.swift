@@ -1,0 +1,93 @@
+import Foundation
+import Testing
+import TWorkerCore
+import TWorkerTestSupport
+
+/// The documented production shape: the master started as root, `user`/`group` set, the
+/// embedded Redis and a fresh `state_dir`. A real unprivileged account is made for the test
+/// (CI runs as root) and removed after it.
+@Suite(.tags(.endToEnd), .serialized, .enabled(if: geteuid() == 0, "needs root to make an account and start a root master"))
+struct WorkersAsUserTests {
+    /// A system account with a group of its own, gone again when `body` returns.
+    static func withAccount(_ body: (String) async throws -> Void) async throws {
+        let name = "twbuild" + String(UUID().uuidString.lowercased().prefix(6))
+        let made = try await run("/usr/sbin/useradd", ["--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", name])
+        try #require(made.status == 0, "useradd: \(made.output)")
+        do {
+            try await body(name)
+        } catch {
+            _ = try? await run("/usr/sbin/userdel", [name])
+            throw error
+        }
+        _ = try await run("/usr/sbin/userdel", [name])
+    }
+
+    static func run(_ executable: String, _ arguments: [String]) async throws -> (status: Int32?, output: String) {
+        let log = "/tmp/tworker-account-\(UUID().uuidString).log"
+        defer { unlink(log) }
+        let process = try SpawnedProcess.spawn(executable, arguments, environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"], log: log)
+        return (await process.waitForExit(timeout: .seconds(30)), process.output)
+    }
+
+    @Test func aRootMasterRunsItsWorkersAndTheirBuildsAsTheConfiguredUser() async throws {
+        try await Self.withAccount { user in
+            let directory = try TempDirectory(prefix: "tworker-asuser")
+            defer { directory.remove() }
+            // Like /var/lib: a root-owned path other accounts may pass through.
+            chmod(directory.path, 0o711)
+            let configDir = directory.path + "/config"
+            let stateDir = directory.path + "/var"
+            try FileManager.default.createDirectory(atPath: configDir, withIntermediateDirectories: true)
+            // The documented defaults (local provider, embedded Redis) but for where state_dir is.
+            try "provider: local\nstate_dir: \(stateDir)\nuser: \(user)\ngroup: \(user)\nheartbeat:\n  interval: 1\n"
+                .write(toFile: configDir + "/worker.yml", atomically: true, encoding: .utf8)
+            let environment = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": directory.path]
+            func cli(_ arguments: [String]) async throws -> (status: Int32?, output: String) {
+                let process = try SpawnedProcess.spawn(try tworkerExecutable(), arguments + ["--config-dir", configDir], environment: environment,
+                                                       log: directory.path + "/cli-\(UUID().uuidString.prefix(6)).log")
+                return (await process.waitForExit(timeout: .seconds(60)), process.output)
+            }
+
+            let master = try SpawnedProcess.spawn(try tworkerExecutable(), ["start", "--config-dir", configDir], environment: environment,
+                                                  log: directory.path + "/master.log")
+            defer { if !processIsGone(master.pid) { ProcessProbe.killTree(master.pid) } }
+            let ready = await eventually(timeout: .seconds(30)) { master.output.contains("worker ready") }
+            try #require(ready, "the worker never got ready as \(user):\n\(master.output)")
+
+            let enqueued = try await cli(["enqueue", "--script", "id -un", "--script", "id -gn",
+                                          "--script", "touch made-by-build && stat -c 'owner=%U' made-by-build"])
+            try #require(enqueued.status == 0, "\(enqueued.output)")
+            let id = try #require(enqueued.output.split(separator: "\n").last.map(String.init))
+            let followed = try await cli(["logs", id, "--follow"])
+            #expect(followed.status == 0, "\(followed.output)\n\(master.output)")
+            let lines = followed.output.split(separator: "\n").map(String.init)
+            #expect(lines.filter { $0 == user }.count == 2, "the build ran as \(user):\(user):\n\(followed.output)")
+            #expect(lines.contains("owner=\(user)"), "\(followed.output)")
+            #expect(followed.output.contains("(passed)"), "\(followed.output)\n\(master.output)")
+
+            // A group the workers share, modes that keep every other account out.
+            let account = try #require(getpwnam(user)?.pointee)
+            var info = stat()
+            for path in [stateDir, stateDir + "/redis"] {
+                try #require(stat(path, &info) == 0)
+                #expect(info.st_gid == account.pw_gid && info.st_mode & 0o007 == 0 && info.st_mode & 0o050 == 0o050,
+                        "\(path): gid \(info.st_gid), mode \(String(info.st_mode & 0o777, radix: 8))")
+            }
+            let socket = stateDir + "/redis/redis.sock"
+            let asWorker = try await Self.run("/usr/bin/setpriv", ["--reuid=\(user)", "--regid=\(user)", "--init-groups",
+                                                                    "redis-cli", "-s", socket, "ping"])
+            #expect(asWorker.output.contains("PONG"), "the workers' account reaches Redis: \(asWorker.output)")
+            let asNobody = try await Self.run("/usr/bin/setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                                                                   "redis-cli", "-s", socket, "ping"])
+            #expect(!asNobody.output.contains("PONG"), "another account is kept out: \(asNobody.output)")
+            let workspace = stateDir + "/local/worker-1"
+            try #require(stat(workspace, &info) == 0)
+            #expect(info.st_uid == account.pw_uid, "the workspace is the workers'")
+
+            master.signal(SIGTERM)
+            #expect(await master.waitForExit(timeout: .seconds(30)) == 0, "\(master.output)")
+            // The master was the embedded server's last user.
+            #expect(!FileManager.default.fileExists(atPath: socket), "\(master.output)")
+        }
+    }
+}
