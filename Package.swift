@@ -5,9 +5,10 @@ let strict: [SwiftSetting] = [
     .swiftLanguageMode(.v6),
 ]
 
+// Linux only: tworker reads /proc, uses Linux's process and signal calls (prctl, flock on
+// pid files, setsid children) and links Debian's libhiredis; it declares no Apple platform.
 let package = Package(
     name: "tworker",
-    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "tworker", targets: ["tworker"]),
     ],

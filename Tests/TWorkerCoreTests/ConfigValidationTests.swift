@@ -43,6 +43,9 @@ extension ConfigTests {
                   expected: "F:2: limits.log_length: must be at least 1024, got 512"),
             .init(name: "huge integer", yaml: "reporting:\n  retention: 99999999999999999999999\n",
                   expected: "F:2: reporting.retention: integer 99999999999999999999999 is too large"),
+            // Yams' own base-60 conversion would trap on this: tworker must say what is wrong.
+            .init(name: "huge base-60 integer", yaml: "reporting:\n  retention: 999999999999:59:59:59:59\n",
+                  expected: "F:2: reporting.retention: integer 999999999999:59:59:59:59 is too large"),
             .init(name: "bad provider", yaml: "provider: kvm\n",
                   expected: "F:1: provider: invalid value \"kvm\" (expected one of: local, virtualbox)"),
             .init(name: "bad start_type", yaml: "virtualbox:\n  start_type: window\n",

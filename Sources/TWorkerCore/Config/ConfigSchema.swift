@@ -1,4 +1,5 @@
 import Foundation
+import Yams
 
 /// The key table: one line per configuration key. Order matters where a default reads an
 /// earlier key (`local.workspace` follows `state_dir`, `vms.name_prefix` follows `env`).
@@ -141,7 +142,7 @@ enum ConfigKind: Sendable {
             }
             return checked(.int(value))
         case .bool:
-            guard scalar.type == .bool, let value = Bool(yamlBool: scalar.text) else {
+            guard scalar.type == .bool, let value = Bool.construct(from: Node.Scalar(scalar.text)) else {
                 return .failure(ConfigMessage("expected \(expected), got \(tree.typeDescription)"))
             }
             return .success(.bool(value))
@@ -346,7 +347,9 @@ struct ConfigKey: Sendable {
 }
 
 extension Int {
-    /// YAML 1.1 integer text (as tagged by Yams: decimal, 0x.., 0o.., underscores), without overflow.
+    /// YAML 1.1 integer text (as tagged by Yams: decimal, 0x.., 0o.., underscores, base 60),
+    /// without overflow. Not Yams' `Int.construct`: its base-60 arithmetic traps on overflow,
+    /// and a config file must never crash tworker.
     init?(yamlInteger text: String) {
         var s = text.replacingOccurrences(of: "_", with: "")
         var sign = 1
@@ -372,17 +375,6 @@ extension Int {
         else { radix = 10 }
         guard let magnitude = Int(s, radix: radix) else { return nil }
         self = sign * magnitude
-    }
-}
-
-extension Bool {
-    /// YAML 1.1 boolean text as tagged by Yams.
-    init?(yamlBool text: String) {
-        switch text.lowercased() {
-        case "true", "yes", "on", "y": self = true
-        case "false", "no", "off", "n": self = false
-        default: return nil
-        }
     }
 }
 
