@@ -49,10 +49,11 @@ extension GlobalOptions {
         let config = try load().config
         let logger = logger(config)
         try await reportingFailures {
+            let signals = await ExitOnSignals.trap()
+            defer { signals.cancel() }
             let setup = try await RedisSetup.resolve(config, logger: logger)
             defer { setup.shutdown() }
-            let signals = await setup.embedded?.leaveOnSignals()
-            defer { signals?.cancel() }
+            signals.cleanUp { setup.shutdown() }
             let redis = setup.connect()
             defer { redis.close() }
             try await body(RedisSession(config: config, logger: logger, redis: redis,

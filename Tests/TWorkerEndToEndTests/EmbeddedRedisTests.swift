@@ -26,18 +26,24 @@ struct EmbeddedRedisTests {
                                      log: directory.path + "/\(name)-\(UUID().uuidString.prefix(6)).log")
         }
 
-        /// Every live redis-server serving this host's socket (its process title names the socket).
+        /// Every live redis-server serving this host's socket (its process title names the
+        /// socket). A server daemonizing is two processes for a moment, parent and child: the
+        /// child of a listed one is the same server.
         func servers() -> [pid_t] {
             let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-            return entries.compactMap { entry -> pid_t? in
+            let found = entries.compactMap { entry -> (pid: pid_t, parent: pid_t)? in
                 guard let pid = pid_t(entry),
                       let comm = try? String(contentsOfFile: "/proc/\(entry)/comm", encoding: .utf8),
                       comm.hasPrefix("redis-server"),
                       let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
-                      !(stat.split(separator: ")").last?.hasPrefix(" Z") ?? true),
-                      let cmdline = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(entry)/cmdline")) else { return nil }
-                return String(decoding: cmdline, as: UTF8.self).contains(socket) ? pid : nil
+                      let fields = stat.split(separator: ")").last?.split(separator: " "), fields.count > 2,
+                      fields[0] != "Z", let parent = pid_t(fields[1]),
+                      let cmdline = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(entry)/cmdline")),
+                      String(decoding: cmdline, as: UTF8.self).contains(socket) else { return nil }
+                return (pid, parent)
             }
+            let pids = Set(found.map(\.pid))
+            return found.filter { !pids.contains($0.parent) }.map(\.pid)
         }
     }
 

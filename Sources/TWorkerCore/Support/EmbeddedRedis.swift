@@ -3,7 +3,6 @@ import Logging
 import RedisClient
 import Subprocess
 import Synchronization
-import UnixSignals
 #if canImport(System)
 import System
 #else
@@ -83,18 +82,6 @@ public final class EmbeddedRedis: Sendable {
         guard users.unlock() else { return }
         if last, let pid = runningPID() {
             Self.terminate(pid)
-        }
-    }
-
-    /// For short commands (`logs --follow` ended with Ctrl-C): INT, TERM or HUP leave the
-    /// server as a normal end would, then exit 128+signal.
-    public func leaveOnSignals() async -> Task<Void, Never> {
-        let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm, .sighup)
-        return Task { [self] in
-            for await signal in signals {
-                stop()
-                exit(128 + signal.rawValue)
-            }
         }
     }
 
