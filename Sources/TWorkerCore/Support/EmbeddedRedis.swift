@@ -3,11 +3,6 @@ import Logging
 import RedisClient
 import Synchronization
 import UnixSignals
-#if canImport(System)
-import System
-#else
-import SystemPackage
-#endif
 
 /// `redis.url: embedded`: a private `redis-server` on a unix socket under `<state_dir>/redis/`,
 /// with its data (append-only file) beside it, shared by every tworker command using that
