@@ -1,10 +1,4 @@
 import Foundation
-import Subprocess
-#if canImport(System)
-import System
-#else
-import SystemPackage
-#endif
 
 /// Where the base VM comes from: a `.box` file unpacked under `<state_dir>/boxes/`, or a box
 /// added to vagrant (`vagrant box add`), read from vagrant's own box directory.
@@ -37,10 +31,10 @@ public enum BaseBox {
         let partial = directory + ".partial"
         try? FileManager.default.removeItem(atPath: partial)
         try FileManager.default.createDirectory(atPath: partial, withIntermediateDirectories: true)
-        let result = try await Subprocess.run(.path(FilePath(try ProgramLocator().locate(.tar))), arguments: ["-xf", box, "-C", partial],
-                                              output: .discarded, error: .string(limit: 1 << 16))
-        guard case .exited(0) = result.terminationStatus else {
-            throw Problem(description: "cannot unpack \(box): tar: \(result.standardError.trimmingCharacters(in: .whitespacesAndNewlines))")
+        do {
+            try await ProgramRunner().run(.tarExtract(box, into: partial))
+        } catch let failure as ProgramFailure {
+            throw Problem(description: "cannot unpack \(box): tar: \(failure.stderr.trimmingCharacters(in: .whitespacesAndNewlines))")
         }
         try FileManager.default.moveItem(atPath: partial, toPath: directory)
         guard let ovf = findOVF(in: directory) else { throw Problem(description: "\(box) holds no .ovf file: not a VirtualBox box") }

@@ -1,12 +1,6 @@
 import Foundation
 import Logging
 import RedisClient
-import Subprocess
-#if canImport(System)
-import System
-#else
-import SystemPackage
-#endif
 
 /// `tworker vagrant import | rebuild | reprovision | status | remove`: building the worker VMs
 /// from a base box, keeping them provisioned, and rolling changes through them while the other
@@ -111,18 +105,23 @@ public struct Lifecycle: Sendable {
         let staging = output + ".new"
         try? FileManager.default.removeItem(atPath: staging)
         let scripts = config.vms.provision.map { (config.vagrant.directory as NSString).appendingPathComponent("provision/\($0)") }
-        var environment = ProcessInfo.processInfo.environment
-        environment["TWORKER_BASE_BOX"] = config.vms.baseBox
-        environment["TWORKER_VM_NAME"] = machine
-        environment["TWORKER_SSH_PORT"] = String(config.ssh.portBase)
-        environment["TWORKER_PROVISION"] = scripts.joined(separator: ":")
-        environment["VAGRANT_CWD"] = config.vagrant.directory
-        let vagrant = VagrantRunner(executable: config.vagrant.vagrant, directory: config.vagrant.directory, environment: environment)
+        // The Vagrantfile reads the base VM's name, port and provision scripts from these.
+        let variables = [
+            "TWORKER_BASE_BOX": config.vms.baseBox,
+            "TWORKER_VM_NAME": machine,
+            "TWORKER_SSH_PORT": String(config.ssh.portBase),
+            "TWORKER_PROVISION": scripts.joined(separator: ":"),
+            "VAGRANT_CWD": config.vagrant.directory,
+        ]
+        let runner = ProgramRunner(logger: logger)
+        @Sendable func vagrant(_ arguments: [String]) async throws {
+            try await runner.run(.vagrant(arguments, executable: config.vagrant.vagrant, directory: config.vagrant.directory, variables: variables))
+        }
         let started = ContinuousClock.now
-        try await progress.step(machine, "vagrant up --provision") { try await vagrant.run(["up", "--provision"]) }
+        try await progress.step(machine, "vagrant up --provision") { try await vagrant(["up", "--provision"]) }
         record("provision_base", since: started)
-        try await progress.step(machine, "vagrant package") { try await vagrant.run(["package", "--base", machine, "--output", staging]) }
-        try await progress.step(machine, "vagrant destroy") { try await vagrant.run(["destroy", "-f"]) }
+        try await progress.step(machine, "vagrant package") { try await vagrant(["package", "--base", machine, "--output", staging]) }
+        try await progress.step(machine, "vagrant destroy") { try await vagrant(["destroy", "-f"]) }
         if FileManager.default.fileExists(atPath: output) { try FileManager.default.removeItem(atPath: output) }
         try FileManager.default.moveItem(atPath: staging, toPath: output)
         progress.note("\(machine)  packaged to \(output)")
@@ -276,30 +275,5 @@ public struct Lifecycle: Sendable {
 
     static func format(_ seconds: Double) -> String {
         seconds < 60 ? String(format: "%.1f s", seconds) : String(format: "%dm %02ds", Int(seconds) / 60, Int(seconds) % 60)
-    }
-}
-
-/// vagrant invocations with the base VM's environment; stderr is kept for the error.
-struct VagrantRunner: Sendable {
-    var executable: String
-    var directory: String
-    var environment: [String: String]
-
-    struct Failure: Error, CustomStringConvertible {
-        var arguments: [String]
-        var status: TerminationStatus
-        var output: String
-        var description: String { "vagrant \(arguments.joined(separator: " ")) failed (\(status)):\n\(output)" }
-    }
-
-    func run(_ arguments: [String]) async throws {
-        let result = try await Subprocess.run(
-            .path(FilePath(try ProgramLocator().locate(.vagrant(executable)))), arguments: Arguments(arguments),
-            environment: .custom(Dictionary(uniqueKeysWithValues: environment.map { (Environment.Key(rawValue: $0.key)!, $0.value) })),
-            workingDirectory: FilePath(directory), output: .string(limit: 4 << 20), error: .string(limit: 1 << 20))
-        guard case .exited(0) = result.terminationStatus else {
-            let text = (result.standardError + "\n" + result.standardOutput).trimmingCharacters(in: .whitespacesAndNewlines)
-            throw Failure(arguments: arguments, status: result.terminationStatus, output: String(text.suffix(4000)))
-        }
     }
 }

@@ -76,7 +76,9 @@ public struct LifecycleStepError: Error, CustomStringConvertible {
 
     public var description: String {
         var detail = "\(underlying)"
-        if let vbox = underlying as? VBoxManageError, !vbox.stderr.isEmpty {
+        // VBoxManage's one-line message leaves out the rest of its error block; the other
+        // tools' failures already carry their output.
+        if let vbox = underlying as? VBoxManageError, vbox.wording == .vboxManage, !vbox.stderr.isEmpty {
             detail += "\n" + vbox.stderr.trimmingCharacters(in: .whitespacesAndNewlines)
         }
         return "step '\(step)' failed for \(vm): \(detail)"

@@ -116,8 +116,7 @@ public struct WorkerVMs: Sendable {
             }
             try await progress.step(vm, "provision \(script)") {
                 let output = Mutex<[UInt8]>([])
-                let command = BuildCommand(executable: try ProgramLocator().locate(.ssh), arguments: target.arguments(remoteCommand: ["bash", "-s"]),
-                                           environment: ProcessInfo.processInfo.environment, standardInput: text)
+                let command = try BuildCommand(.ssh(target, remoteCommand: ["bash", "-s"]), standardInput: text)
                 let exit = try await ChildProcess.run(command) { chunk in
                     output.withLock { if $0.count < 1 << 20 { $0 += chunk } }
                     logger.debug("\(String(decoding: chunk, as: UTF8.self))", metadata: ["vm": "\(vm)", "script": "\(script)"])

@@ -25,6 +25,15 @@ public struct BuildCommand: Sendable, Equatable {
     }
 }
 
+extension BuildCommand {
+    /// `command` found on PATH the way `ProgramRunner` finds it, to run streaming here.
+    public init(_ command: ProgramCommand, standardInput: String? = nil, runner: ProgramRunner = ProgramRunner()) throws {
+        self.init(executable: try runner.locate(command.program), arguments: command.arguments,
+                  environment: command.environment.resolved(), workingDirectory: command.workingDirectory,
+                  standardInput: standardInput)
+    }
+}
+
 /// Runs a build command in its own session, streaming its output, and kills its whole
 /// process group when it ends or is cancelled so nothing the build started survives.
 public enum ChildProcess {

@@ -58,10 +58,12 @@ public struct LocalMachine: Machine {
     }
 
     private func runScript(_ script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws -> BuildExit {
-        let shell = try ProgramLocator().locate(.bash(bash))
         // The script lives beside the workspace, not in it (the build sees a clean checkout), and
         // not on stdin (a build command reading stdin would eat the rest of the script).
         let scriptPath = workspace + ".build.sh"
+        // Located first: a missing bash fails the job before anything is written.
+        let command = try BuildCommand(.buildScript(scriptPath, shell: bash, environment: Self.buildEnvironment(home: workspace, jobID: jobID, vm: name),
+                                                    workingDirectory: workspace))
         // Plain write(2): no fsync, the file only has to outlive this job.
         let fd = open(scriptPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw InfrastructureError("cannot write build script \(scriptPath): errno \(errno)") }
@@ -69,9 +71,6 @@ public struct LocalMachine: Machine {
         let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         close(fd)
         guard written == bytes.count else { throw InfrastructureError("cannot write build script \(scriptPath): short write") }
-        let command = BuildCommand(executable: shell, arguments: [scriptPath],
-                                   environment: Self.buildEnvironment(home: workspace, jobID: jobID, vm: name),
-                                   workingDirectory: workspace)
         defer { buildGroup.clear() }
         return try await ChildProcess.run(command, output: output, started: { buildGroup.record($0) })
     }

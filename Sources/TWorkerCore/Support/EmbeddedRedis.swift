@@ -1,13 +1,7 @@
 import Foundation
 import Logging
 import RedisClient
-import Subprocess
 import Synchronization
-#if canImport(System)
-import System
-#else
-import SystemPackage
-#endif
 
 /// `redis.url: embedded`: a private `redis-server` on a unix socket under `<state_dir>/redis/`,
 /// with its data (append-only file) beside it, shared by every tworker command using that
@@ -88,19 +82,15 @@ public final class EmbeddedRedis: Sendable {
     // MARK: - Starting
 
     private func launch(logger: Logger) async throws -> pid_t {
-        let binary = try ProgramLocator().locate(.redisServer)
+        let runner = ProgramRunner(logger: logger)
+        // Checked before the old socket and pid file go: a missing redis-server changes nothing.
+        _ = try runner.locate(.redisServer)
         try? FileManager.default.removeItem(atPath: socketPath)
         try? FileManager.default.removeItem(atPath: pidFile)
-        let arguments = [
-            "--port", "0", "--unixsocket", socketPath, "--unixsocketperm", "700",
-            "--dir", directory, "--appendonly", "yes", "--pidfile", pidFile,
-            "--daemonize", "yes", "--logfile", directory + "/redis.log", "--save", "",
-        ]
-        // Daemonized, so a Ctrl-C aimed at tworker's process group does not take Redis down
-        // before tworker has written its jobs' final states.
-        let status = try await Self.runAndWait(binary, arguments)
-        guard status == 0 else {
-            throw StartFailure(description: "redis-server failed to start (exit \(status)); see \(directory)/redis.log")
+        do {
+            try await runner.run(.embeddedRedisServer(directory: directory, socket: socketPath, pidFile: pidFile))
+        } catch let failure as ProgramFailure {
+            throw StartFailure(description: "redis-server failed to start (exit \(failure.exitCode ?? -1)); see \(directory)/redis.log")
         }
         if await answers(within: .seconds(10)), let pid = runningPID() {
             logger.info("started embedded redis-server", metadata: ["pid": "\(pid)", "socket": "\(socketPath)"])
@@ -162,14 +152,6 @@ public final class EmbeddedRedis: Sendable {
         if isAlive(pid) {
             kill(pid, SIGKILL)
             for _ in 0..<400 where isAlive(pid) { usleep(5_000) }
-        }
-    }
-
-    private static func runAndWait(_ executable: String, _ arguments: [String]) async throws -> Int32 {
-        let result = try await Subprocess.run(.path(FilePath(executable)), arguments: Arguments(arguments), output: .discarded, error: .discarded)
-        switch result.terminationStatus {
-        case .exited(let code): return code
-        case .signaled(let signal): return 128 + signal
         }
     }
 }

@@ -1,10 +1,4 @@
 import Foundation
-import Subprocess
-#if canImport(System)
-import System
-#else
-import SystemPackage
-#endif
 
 /// git invocations as argv values, never shell strings.
 public enum GitCommand: Sendable, Equatable {
@@ -47,21 +41,10 @@ public struct RemoteHead: Sendable, Equatable {
     }
 }
 
-public struct GitError: Error, CustomStringConvertible {
-    public var description: String
-}
-
 public enum Git {
-    /// Runs git with `command`'s arguments and returns its stdout; stderr goes into the error.
-    public static func run(_ command: GitCommand) async throws -> String {
-        let result = try await Subprocess.run(
-            .path(FilePath(try ProgramLocator().locate(.git))), arguments: Arguments(command.arguments),
-            environment: .inherit.updating(["GIT_TERMINAL_PROMPT": "0"]),
-            output: .string(limit: 1 << 20), error: .string(limit: 1 << 16))
-        guard case .exited(0) = result.terminationStatus else {
-            let stderr = result.standardError.trimmingCharacters(in: .whitespacesAndNewlines)
-            throw GitError(description: "git \(command.arguments.joined(separator: " ")) failed: \(stderr)")
-        }
-        return result.standardOutput
+    /// Runs git with `command`'s arguments and returns its stdout; a failure is a
+    /// `ProgramFailure` carrying git's stderr.
+    public static func run(_ command: GitCommand, runner: any ProgramRunning = ProgramRunner()) async throws -> String {
+        try await runner.run(.git(command)).stdout
     }
 }

@@ -1,12 +1,6 @@
 import Foundation
 import Logging
-import Subprocess
 import Synchronization
-#if canImport(System)
-import System
-#else
-import SystemPackage
-#endif
 
 /// What a finished VBoxManage call printed.
 public struct VBoxManageOutput: Sendable {
@@ -14,9 +8,9 @@ public struct VBoxManageOutput: Sendable {
     public var stderr: String
 }
 
-/// Runs VBoxManage commands: one place that applies the timeout, logs argv, exit code and
-/// duration, counts calls, refuses to touch VMs outside tworker's prefix, turns stderr into
-/// `VBoxManageError`, and retries the lock error VirtualBox reports right after a poweroff.
+/// Runs VBoxManage commands through `ProgramRunner` (timeout, logging, `VBoxManageError`);
+/// adds what is VirtualBox's own: counts calls, refuses to touch VMs outside tworker's prefix,
+/// and retries the lock error VirtualBox reports right after a poweroff.
 public final class VBoxManageRunner: Sendable {
     /// `virtualbox.vboxmanage`: a bare name is looked up on PATH at each call.
     public let executable: String
@@ -27,16 +21,19 @@ public final class VBoxManageRunner: Sendable {
     public let lockRetries: Int
     public let lockRetryDelay: Duration
     let logger: Logger
+    /// Where the calls go: the real `ProgramRunner`, or a test's fake.
+    let programs: any ProgramRunning
     private let counter = Mutex<Int>(0)
 
     public init(executable: String, namePrefix: String, timeout: Duration, logger: Logger,
-                lockRetries: Int = 5, lockRetryDelay: Duration = .milliseconds(200)) {
+                lockRetries: Int = 5, lockRetryDelay: Duration = .milliseconds(200), programs: (any ProgramRunning)? = nil) {
         self.executable = executable
         self.namePrefix = namePrefix
         self.timeout = timeout
         self.logger = logger
         self.lockRetries = lockRetries
         self.lockRetryDelay = lockRetryDelay
+        self.programs = programs ?? ProgramRunner(logger: logger)
     }
 
     public var program: Program { .vboxmanage(executable) }
@@ -72,52 +69,9 @@ public final class VBoxManageRunner: Sendable {
     }
 
     private func runOnce(_ command: VBoxManageCommand) async throws -> VBoxManageOutput {
-        // Looked up per call, as a shell would: VirtualBox installed while tworker runs is found.
-        let executable = try ProgramLocator().locate(program)
         counter.withLock { $0 += 1 }
-        let started = ContinuousClock.now
-        let result = try await withThrowingTaskGroup(of: Outcome.self) { group -> Outcome in
-            group.addTask {
-                let result = try await Subprocess.run(
-                    .path(FilePath(executable)), arguments: Arguments(command.arguments),
-                    environment: .inherit, output: .string(limit: 8 << 20), error: .string(limit: 1 << 20))
-                let code: Int32 = switch result.terminationStatus {
-                case .exited(let code): code
-                case .signaled(let signal): 128 + signal
-                }
-                return .finished(code, result.standardOutput, result.standardError)
-            }
-            group.addTask { [timeout] in
-                try await Task.sleep(for: timeout)
-                return .timedOut
-            }
-            let first = try await group.next() ?? .timedOut
-            // Cancelling the group makes Subprocess kill a hung VBoxManage.
-            group.cancelAll()
-            return first
-        }
-        let elapsed = ContinuousClock.now - started
-        let milliseconds = elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000
-        switch result {
-        case .timedOut:
-            logger.error("VBoxManage timed out", metadata: ["argv": "\(command.arguments)", "after_ms": "\(milliseconds)"])
-            var error = VBoxManageError.parse(command: command, exitCode: nil, stdout: "", stderr: "")
-            error.timedOut = true
-            error.message = "timed out after \(timeout.components.seconds) s"
-            throw error
-        case .finished(let code, let stdout, let stderr):
-            logger.debug("VBoxManage", metadata: ["argv": "\(command.arguments)", "exit": "\(code)", "ms": "\(milliseconds)"])
-            // Vagrant's rule: an error block on stderr is a failure even with exit 0.
-            if code != 0 || stderr.contains("VBoxManage: error:") {
-                throw VBoxManageError.parse(command: command, exitCode: code, stdout: stdout, stderr: stderr)
-            }
-            return VBoxManageOutput(stdout: stdout, stderr: stderr)
-        }
-    }
-
-    private enum Outcome: Sendable {
-        case finished(Int32, String, String)
-        case timedOut
+        let output = try await programs.run(.vboxManage(command, executable: executable, timeout: timeout))
+        return VBoxManageOutput(stdout: output.stdout, stderr: output.stderr)
     }
 
     // MARK: - Reads

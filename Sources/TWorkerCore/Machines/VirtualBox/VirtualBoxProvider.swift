@@ -104,8 +104,7 @@ public final class VirtualBoxMachine: Machine {
         // its own failures. No status line means ssh's 255 was the connection, not the build.
         let token = "tworker-exit-" + UUID().uuidString.prefix(8).lowercased()
         let remote = "bash -s; status=$?; echo \(token):$status >&2; exit $status"
-        let command = BuildCommand(executable: try ProgramLocator().locate(.ssh), arguments: target.arguments(remoteCommand: [remote]),
-                                   environment: ProcessInfo.processInfo.environment, standardInput: script)
+        let command = try BuildCommand(.ssh(target, remoteCommand: [remote]), standardInput: script)
         let errors = Mutex<[UInt8]>([])
         let exit = try await ChildProcess.run(command, output: output) { chunk in
             errors.withLock { if $0.count < 65536 { $0 += chunk } }

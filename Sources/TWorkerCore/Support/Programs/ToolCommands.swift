@@ -1,0 +1,63 @@
+import Foundation
+
+/// Every external program tworker runs, one typed builder each: the argv lives here, next to
+/// the others, and the argv tests need no program installed.
+extension ProgramCommand {
+    // MARK: - VBoxManage
+
+    /// One VBoxManage call; a bare `executable` is looked up on PATH at each call, so
+    /// VirtualBox installed while tworker runs is found.
+    public static func vboxManage(_ command: VBoxManageCommand, executable: String, timeout: Duration) -> ProgramCommand {
+        ProgramCommand(.vboxmanage(executable), tool: "VBoxManage", arguments: command.arguments, timeout: timeout,
+                       outputLimit: 8 << 20, errorLimit: 1 << 20, wording: .vboxManage)
+    }
+
+    // MARK: - git
+
+    /// A git call that never waits for a password prompt nobody will answer.
+    public static func git(_ command: GitCommand) -> ProgramCommand {
+        ProgramCommand(.git, arguments: command.arguments, environment: .inherit(updating: ["GIT_TERMINAL_PROMPT": "0"]))
+    }
+
+    // MARK: - tar
+
+    /// Unpacks `archive` (compression detected by tar) into the existing `directory`.
+    public static func tarExtract(_ archive: String, into directory: String) -> ProgramCommand {
+        ProgramCommand(.tar, arguments: ["-xf", archive, "-C", directory])
+    }
+
+    // MARK: - vagrant
+
+    /// A vagrant call in the project `directory`, with `variables` added to tworker's environment.
+    public static func vagrant(_ arguments: [String], executable: String, directory: String, variables: [String: String]) -> ProgramCommand {
+        ProgramCommand(.vagrant(executable), tool: "vagrant", arguments: arguments, environment: .inherit(updating: variables),
+                       workingDirectory: directory, outputLimit: 4 << 20, errorLimit: 1 << 20, wording: .outputTail)
+    }
+
+    // MARK: - redis-server
+
+    /// The embedded redis-server: unix socket only, append-only file in `directory`, daemonized
+    /// so a Ctrl-C aimed at tworker's process group does not take Redis down before tworker
+    /// has written its jobs' final states.
+    public static func embeddedRedisServer(directory: String, socket: String, pidFile: String) -> ProgramCommand {
+        ProgramCommand(.redisServer, arguments: [
+            "--port", "0", "--unixsocket", socket, "--unixsocketperm", "700",
+            "--dir", directory, "--appendonly", "yes", "--pidfile", pidFile,
+            "--daemonize", "yes", "--logfile", directory + "/redis.log", "--save", "",
+        ], capturesOutput: false)
+    }
+
+    // MARK: - bash
+
+    /// A local build: `shell` runs the script file with exactly the build's environment.
+    public static func buildScript(_ path: String, shell: String, environment: [String: String], workingDirectory: String) -> ProgramCommand {
+        ProgramCommand(.bash(shell), arguments: [path], environment: .exactly(environment), workingDirectory: workingDirectory)
+    }
+
+    // MARK: - ssh
+
+    /// ssh running `remoteCommand` on `target` (keys only, tworker's own known_hosts).
+    public static func ssh(_ target: SSHTarget, remoteCommand: [String]) -> ProgramCommand {
+        ProgramCommand(.ssh, arguments: target.arguments(remoteCommand: remoteCommand))
+    }
+}
