@@ -47,10 +47,21 @@ public struct Maintenance: Sendable {
         throw StillBusy(vm: vm)
     }
 
-    /// Returns the VM to service, clearing any quarantine with it (it was just rebuilt).
+    /// Returns the VM to service, clearing any quarantine with it (it was just rebuilt), and
+    /// waits (up to 10 s) until its worker says it takes jobs again: with `vms.max_unavailable`
+    /// VMs out at a time, the next one must not go out while this one's worker still holds off.
     public func end(_ vm: String) async throws {
         _ = try await withRedisRetry(logger: logger, what: "return \(vm) to service") {
             try await redis.pipeline([["DEL", keys.maintenance(vm: vm)], ["DEL", keys.broken(vm: vm)]])
         }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline {
+            let state = try await withRedisRetry(logger: logger, what: "read \(vm)'s worker") {
+                try await redis.send(["HGET", keys.worker(vm: vm), "state"])
+            }.string
+            if state != WorkerState.maintenance.rawValue { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        logger.warning("the worker of \(vm) still says maintenance 10 s after its VM was returned to service")
     }
 }
