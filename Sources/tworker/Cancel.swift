@@ -31,10 +31,10 @@ struct Cancel: AsyncParsableCommand {
                 throw ExitCode.failure
             case .signalledWorker:
                 // Wait briefly to report the outcome; the worker polls the mark at least every second.
-                let reporter = JobReporter(redis: redis, keys: keys, retention: config.reporting.retention, worker: "", logger: logger)
+                let store = JobStore(redis: redis, keys: keys, retention: config.reporting.retention, worker: "", logger: logger)
                 let deadline = ContinuousClock.now + .seconds(5)
                 while ContinuousClock.now < deadline {
-                    if try await reporter.read(id: id)["state"] == JobState.cancelled.rawValue {
+                    if try await store.read(id: id)["state"] == JobState.cancelled.rawValue {
                         print("cancelled job \(id): its build was stopped")
                         return
                     }
