@@ -188,10 +188,10 @@ public struct JobStore: Sendable {
         try await list.fail(raw, failure: failure.json(), with: commands)
     }
 
-    /// What a dead worker (this store's `worker`, on `vm`) left in its processing list: back to
-    /// the head of its queue with one attempt more, or `errored` once its attempts are used.
-    public func recoverFromDeadWorker(_ raw: [UInt8], vm: String, policy: AttemptPolicy, defaultQueue: String) async throws {
-        let list = WorkQueue(redis: redis, blockingRedis: redis, keys: keys, queue: defaultQueue, vm: vm, logger: logger)
+    /// What a dead worker (this store's `worker`) left in its processing `list`: back to the head
+    /// of the queue it came from (`list`'s when the record names none) with one attempt more,
+    /// or `errored` once its attempts are used.
+    public func recoverFromDeadWorker(_ raw: [UInt8], from list: WorkQueue, policy: AttemptPolicy) async throws {
         guard case .success(let job) = JobDecoder.decode(raw) else {
             // Only a worker files malformed entries; the list keeps nothing a worker would not have rejected.
             try await list.complete(raw, with: [[Array("RPUSH".utf8), Array(keys.failed.utf8), raw]])
@@ -208,11 +208,11 @@ public struct JobStore: Sendable {
             logger.warning("gave up a job whose worker died", metadata: ["job": "\(id)", "worker": "\(worker)"])
         case .requeue(let attempts):
             let recorded = try await redis.send(["HGET", keys.job(id), "queue"]).string
-            let queue = recorded.flatMap { $0.isEmpty ? nil : $0 } ?? defaultQueue
+            let queue = recorded.flatMap { $0.isEmpty ? nil : $0 } ?? list.queue
             let note = "\nThe worker running this job (\(worker)) died; the job was requeued (attempt \(attempts + 1) of \(policy.maxAttempts)).\n"
             try await requeue(raw, as: job.withAttempts(attempts), id: id, fields: ["attempts": String(attempts), "error": "worker \(worker) died"],
                               event: .requeued, log: noteCommands(id: id, after: lastNumber, text: note, closing: false),
-                              from: WorkQueue(redis: redis, blockingRedis: redis, keys: keys, queue: queue, vm: vm, logger: logger))
+                              from: WorkQueue(redis: redis, blockingRedis: redis, keys: keys, queue: queue, vm: list.vm, logger: logger))
             logger.warning("requeued a job whose worker died", metadata: ["job": "\(id)", "worker": "\(worker)", "queue": "\(queue)"])
         }
     }
@@ -275,6 +275,30 @@ public struct JobStore: Sendable {
     }
 
     // MARK: - Reading
+
+    /// What one round trip tells about a job before it runs.
+    public struct Opening: Sendable {
+        /// The id already finished once: this is a rerun with a fresh log.
+        public var rerun: Bool
+        public var lastLogNumber: Int
+        /// Cancelled while it waited.
+        public var cancelReason: String?
+    }
+
+    public func opening(of id: String) async throws -> Opening {
+        let known = try await withRedisRetry(logger: logger, what: "read job \(id)") {
+            try await redis.pipeline([["HGET", keys.job(id), "state"], Self.logEndCommand(key: keys.log(id)), ["GET", keys.cancel(id)]])
+        }
+        guard known.count == 3 else { throw RedisError.server("unexpected reply to reading job \(id): \(known)") }
+        for case .error(let message) in known { throw RedisError.server(message) }
+        let rerun = known[0].string.flatMap(JobState.init(rawValue:))?.isFinal ?? false
+        return Opening(rerun: rerun, lastLogNumber: rerun ? 0 : Self.lastLogNumber(in: known[1]), cancelReason: known[2].string)
+    }
+
+    /// Why job `id` was cancelled; nil while it is not.
+    public func cancelReason(of id: String) async throws -> String? {
+        try await redis.send(["GET", keys.cancel(id)]).string
+    }
 
     /// The record as stored, empty when there is none.
     public func read(id: String) async throws -> [String: String] {

@@ -54,10 +54,11 @@ public struct WorkQueue: Sendable {
 
     /// Whether `raw` is still in the processing list (a write that removes it has not landed).
     public func holds(_ raw: [UInt8]) async throws -> Bool {
-        let position = try await withRedisRetry(logger: logger, what: "read \(processingKey)") {
-            try await redis.send(bytes: [Array("LPOS".utf8), Array(processingKey.utf8), raw])
-        }
-        return !position.isNull
+        try await withRedisRetry(logger: logger, what: "read \(processingKey)") { try await holdsOnce(raw) }
+    }
+
+    private func holdsOnce(_ raw: [UInt8]) async throws -> Bool {
+        !(try await redis.send(bytes: [Array("LPOS".utf8), Array(processingKey.utf8), raw])).isNull
     }
 
     /// Puts `raw` back at the head of the queue as `requeued`, together with `commands`.
@@ -99,10 +100,7 @@ public struct WorkQueue: Sendable {
         var tries = 0
         _ = try await withRedisRetry(logger: logger, what: "commit job state") { () async throws -> [RedisReply]? in
             tries += 1
-            if tries > 1 {
-                let position = try await redis.send(bytes: [Array("LPOS".utf8), Array(processingKey.utf8), raw])
-                if position.isNull { return nil }
-            }
+            if tries > 1, try await !holdsOnce(raw) { return nil }
             return try await redis.pipeline(bytes: transaction).checkedForWrite(accepting: JobStore.isLogEntryAlreadyWritten)
         }
     }

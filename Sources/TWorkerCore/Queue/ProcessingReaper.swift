@@ -48,12 +48,11 @@ public struct ProcessingReaper: Sendable {
         defer { lock.release() }
         // Under the lock: the worker may have come back meanwhile.
         guard try await redis.send(["EXISTS", keys.worker(vm: vm)]).int == 0 else { return 0 }
-        let entries = (try await redis.send(["LRANGE", keys.processing(vm: vm), "0", "-1"]).array ?? []).compactMap { reply -> [UInt8]? in
-            if case .bulk(let bytes) = reply { bytes } else { nil }
-        }
+        let list = WorkQueue(redis: redis, blockingRedis: redis, keys: keys, queue: defaultQueue, vm: vm, logger: logger)
+        let entries = try await list.unfinished()
         let store = JobStore(redis: redis, keys: keys, retention: retention, worker: keys.workerMember(vm: vm), logger: logger)
         for raw in entries.reversed() {
-            try await store.recoverFromDeadWorker(raw, vm: vm, policy: AttemptPolicy(maxAttempts: maxAttempts), defaultQueue: defaultQueue)
+            try await store.recoverFromDeadWorker(raw, from: list, policy: AttemptPolicy(maxAttempts: maxAttempts))
         }
         return entries.count
     }

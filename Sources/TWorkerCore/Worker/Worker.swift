@@ -305,7 +305,7 @@ public final class Worker: Sendable {
     }
 
     private func cancelFromRedis(_ id: String) async {
-        let reason = (try? await redis.send(["GET", keys.cancel(id)]))?.string
+        let reason = try? await store.cancelReason(of: id)
         cancel(jobID: id, reason: reason?.isEmpty == false ? reason! : "cancelled")
     }
 
@@ -314,7 +314,7 @@ public final class Worker: Sendable {
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(500))
             if Task.isCancelled { return }
-            if let reason = (try? await redis.send(["GET", keys.cancel(id)]))?.string {
+            if let reason = try? await store.cancelReason(of: id) {
                 cancel(jobID: id, reason: reason.isEmpty ? "cancelled" : reason)
                 return
             }
@@ -401,25 +401,6 @@ public final class Worker: Sendable {
         logger.error("malformed job sent to the failed queue", metadata: ["job": "\(error.jobID ?? "?")", "error": "\(error.description)"])
     }
 
-    /// What one round trip tells about a job before it runs.
-    private struct Opening {
-        /// The id already finished once: this is a rerun with a fresh log.
-        var rerun: Bool
-        var lastLogNumber: Int
-        /// Cancelled while it waited.
-        var cancelReason: String?
-    }
-
-    private func readOpening(_ id: String) async throws -> Opening {
-        let known = try await withRedisRetry(logger: logger, what: "read job \(id)") {
-            try await redis.pipeline([["HGET", keys.job(id), "state"], JobStore.logEndCommand(key: keys.log(id)), ["GET", keys.cancel(id)]])
-        }
-        guard known.count == 3 else { throw RedisError.server("unexpected reply to reading job \(id): \(known)") }
-        for case .error(let message) in known { throw RedisError.server(message) }
-        let rerun = known[0].string.flatMap(JobState.init(rawValue:))?.isFinal ?? false
-        return Opening(rerun: rerun, lastLogNumber: rerun ? 0 : JobStore.lastLogNumber(in: known[1]), cancelReason: known[2].string)
-    }
-
     /// One job, from the processing list to its end. Whatever goes wrong that is not the build's
     /// own result is an infrastructure error: requeued with one attempt more, never left behind.
     private func run(_ job: QueuedJob, raw: [UInt8]) async -> Bool {
@@ -436,8 +417,8 @@ public final class Worker: Sendable {
         }
         if await stepsBack(from: job, raw: raw) { return true }
 
-        var opening: Opening?
-        let read = await persistently("read job \(id)") { opening = try await readOpening(id) }
+        var opening: JobStore.Opening?
+        let read = await persistently("read job \(id)") { opening = try await store.opening(of: id) }
         guard read, let opening else { return false }
         let log = LogStreamer(redis: redis, key: keys.log(id), retention: settings.retention, logger: logger, lastNumber: opening.lastLogNumber)
         if let reason = opening.cancelReason {
