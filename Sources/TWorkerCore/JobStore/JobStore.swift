@@ -101,13 +101,17 @@ public struct JobStore: Sendable {
 
     /// Appends log entries (from `logCommands`) in one transaction; throws what Redis refused.
     static func appendLog(_ commands: [[[UInt8]]], redis: RedisConnection, logger: Logger, key: String) async throws {
-        let transaction = [[Array("MULTI".utf8)]] + commands + [[Array("EXEC".utf8)]]
         _ = try await withRedisRetry(logger: logger, what: "write the log \(key)") {
-            try await redis.checkedPipeline(bytes: transaction, accepting: isLogEntryAlreadyWritten)
+            try await redis.checkedPipeline(bytes: transaction(commands), accepting: isLogEntryAlreadyWritten)
         }
     }
 
     static func bytes(_ command: [String]) -> [[UInt8]] { command.map { Array($0.utf8) } }
+
+    /// `commands` between MULTI and EXEC: they run all together or not at all.
+    static func transaction(_ commands: [[[UInt8]]]) -> [[[UInt8]]] {
+        [[Array("MULTI".utf8)]] + commands + [[Array("EXEC".utf8)]]
+    }
 
     // MARK: - Transitions
 
@@ -115,10 +119,10 @@ public struct JobStore: Sendable {
     /// Not retried: a lost reply would leave unknown whether the job was queued.
     public func queued(_ raw: [UInt8], id: String, queue: String, at queuedAt: String) async throws {
         let record = ["HSET", keys.job(id), "state", JobState.queued.rawValue, "queued_at", queuedAt, "attempts", "0"]
-        _ = try await redis.checkedPipeline(bytes: [
-            [Array("MULTI".utf8)], Self.bytes(record), Self.bytes(["EXPIRE", keys.job(id), String(retention)]),
-            Self.bytes(["SADD", keys.queues, queue]), [Array("RPUSH".utf8), Array(keys.queue(queue).utf8), raw], [Array("EXEC".utf8)],
-        ])
+        _ = try await redis.checkedPipeline(bytes: Self.transaction([
+            Self.bytes(record), Self.bytes(["EXPIRE", keys.job(id), String(retention)]),
+            Self.bytes(["SADD", keys.queues, queue]), [Array("RPUSH".utf8), Array(keys.queue(queue).utf8), raw],
+        ]))
     }
 
     /// A worker took the job into its processing list (its `vm`, serving `queue`); `rerun`
@@ -129,7 +133,7 @@ public struct JobStore: Sendable {
                       "received_at": Timestamp.now(), "error": "", "exit_code": "", "finished_at": "", "queue": queue]
         if let queuedAt = job.queuedAt { fields["queued_at"] = queuedAt }
         let reset = rerun ? [["DEL", keys.log(id)]] : []
-        try await transaction(reset + stateCommands(id: id, state: .received, fields: fields, event: .received, at: Timestamp.now()) + extra,
+        try await commit(reset + stateCommands(id: id, state: .received, fields: fields, event: .received, at: Timestamp.now()) + extra,
                               what: "record job \(id) received")
     }
 
@@ -140,14 +144,13 @@ public struct JobStore: Sendable {
 
     /// Records a state change that moves no queue entry.
     public func record(id: String, state: JobState, fields: [String: String] = [:], event: JobEvent?) async throws {
-        try await transaction(stateCommands(id: id, state: state, fields: fields, event: event, at: Timestamp.now()),
+        try await commit(stateCommands(id: id, state: state, fields: fields, event: event, at: Timestamp.now()),
                               what: "record job \(id) \(state.rawValue)")
     }
 
-    private func transaction(_ commands: [[String]], what: String) async throws {
-        _ = try await withRedisRetry(logger: logger, what: what) {
-            try await redis.checkedPipeline([["MULTI"]] + commands + [["EXEC"]])
-        }
+    private func commit(_ commands: [[String]], what: String) async throws {
+        let transaction = Self.transaction(commands.map(Self.bytes))
+        _ = try await withRedisRetry(logger: logger, what: what) { try await redis.checkedPipeline(bytes: transaction) }
     }
 
     /// The job's end: the log's last entries (`closingLog`), the record, the counters and the
@@ -255,9 +258,8 @@ public struct JobStore: Sendable {
             let now = Timestamp.now()
             let state = stateCommands(id: id, state: .cancelled, fields: ["error": reason, "finished_at": now], event: .finished, at: now)
             let log = noteCommands(id: id, after: lastNumber, text: "The job was cancelled before it started: \(reason)\n", closing: true)
-            let transaction: [[[UInt8]]] = [[Array("MULTI".utf8)], [Array("LREM".utf8), Array(queue.utf8), Array("1".utf8), raw]]
-                + state.map(Self.bytes) + log + [Self.bytes(["DEL", keys.cancel(id)]), [Array("EXEC".utf8)]]
-            let replies = try await redis.pipeline(bytes: transaction)
+            let replies = try await redis.pipeline(bytes: Self.transaction([[Array("LREM".utf8), Array(queue.utf8), Array("1".utf8), raw]]
+                + state.map(Self.bytes) + log + [Self.bytes(["DEL", keys.cancel(id)])]))
             // EXEC answering nil: a watched key changed and nothing ran; look again.
             if replies.last?.isNull ?? true { continue }
             do {

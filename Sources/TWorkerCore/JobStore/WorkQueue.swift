@@ -95,8 +95,7 @@ public struct WorkQueue: Sendable {
     /// If the connection drops before the reply arrives the transaction may or may not have run;
     /// the entry's presence in the processing list tells which, so it never runs twice.
     private func commitRemoving(_ raw: [UInt8], commands: [[[UInt8]]]) async throws {
-        let transaction = [JobStore.bytes(["MULTI"])] + commands
-            + [[Array("LREM".utf8), Array(processingKey.utf8), Array("1".utf8), raw], JobStore.bytes(["EXEC"])]
+        let transaction = JobStore.transaction(commands + [[Array("LREM".utf8), Array(processingKey.utf8), Array("1".utf8), raw]])
         var tries = 0
         _ = try await withRedisRetry(logger: logger, what: "commit job state") { () async throws -> [RedisReply]? in
             tries += 1
