@@ -125,16 +125,16 @@ public struct JobStore: Sendable {
         ]))
     }
 
-    /// A worker took the job into its processing list (its `vm`, serving `queue`); `rerun`
-    /// starts a fresh log for an id that already finished once.
-    public func received(_ job: QueuedJob, vm: String, queue: String, rerun: Bool, alongWith extra: [[String]]) async throws {
+    /// A worker took the job into its processing `list`; `rerun` starts a fresh log for an id
+    /// that already finished once.
+    public func received(_ job: QueuedJob, into list: WorkQueue, rerun: Bool, alongWith extra: [[String]]) async throws {
         let id = job.payload.id
-        var fields = ["attempts": String(job.attempts + 1), "worker": worker, "vm": vm, "host": keys.host,
-                      "received_at": Timestamp.now(), "error": "", "exit_code": "", "finished_at": "", "queue": queue]
+        var fields = ["attempts": String(job.attempts + 1), "worker": worker, "vm": list.vm, "host": keys.host,
+                      "received_at": Timestamp.now(), "error": "", "exit_code": "", "finished_at": "", "queue": list.queue]
         if let queuedAt = job.queuedAt { fields["queued_at"] = queuedAt }
         let reset = rerun ? [["DEL", keys.log(id)]] : []
         try await commit(reset + stateCommands(id: id, state: .received, fields: fields, event: .received, at: Timestamp.now()) + extra,
-                              what: "record job \(id) received")
+                         what: "record job \(id) received")
     }
 
     /// The build starts.
@@ -145,7 +145,7 @@ public struct JobStore: Sendable {
     /// Records a state change that moves no queue entry.
     public func record(id: String, state: JobState, fields: [String: String] = [:], event: JobEvent?) async throws {
         try await commit(stateCommands(id: id, state: state, fields: fields, event: event, at: Timestamp.now()),
-                              what: "record job \(id) \(state.rawValue)")
+                         what: "record job \(id) \(state.rawValue)")
     }
 
     private func commit(_ commands: [[String]], what: String) async throws {
@@ -178,12 +178,12 @@ public struct JobStore: Sendable {
     }
 
     /// Files an entry that cannot run in Resque's failed queue; the job, if it names one, ends `errored`.
-    public func fileAsFailed(_ raw: [UInt8], rejected error: PayloadError, vm: String, queue: String, from list: WorkQueue) async throws {
-        let failure = ResqueFailure(rejected: error, raw: raw, worker: worker, queue: queue)
+    public func fileAsFailed(_ raw: [UInt8], rejected error: PayloadError, from list: WorkQueue) async throws {
+        let failure = ResqueFailure(rejected: error, raw: raw, worker: worker, queue: list.queue)
         let now = Timestamp.now()
         let commands = if let id = error.jobID {
             stateCommands(id: id, state: .errored, fields: ["error": error.description, "finished_at": now,
-                                                         "worker": worker, "vm": vm, "host": keys.host],
+                                                         "worker": worker, "vm": list.vm, "host": keys.host],
                           event: .failed, at: now)
         } else {
             [eventCommand(.failed, id: "", state: .errored, at: now)]

@@ -397,7 +397,7 @@ public final class Worker: Sendable {
     }
 
     private func fileAsFailed(_ raw: [UInt8], error: PayloadError) async throws {
-        try await store.fileAsFailed(raw, rejected: error, vm: settings.vm, queue: settings.queue, from: queue)
+        try await store.fileAsFailed(raw, rejected: error, from: queue)
         logger.error("malformed job sent to the failed queue", metadata: ["job": "\(error.jobID ?? "?")", "error": "\(error.description)"])
     }
 
@@ -461,7 +461,7 @@ public final class Worker: Sendable {
         let busy = heartbeat.transition(to: .busy, job: id)
         logger.info("job received", metadata: ["job": "\(id)", "attempt": "\(attempt)"])
         // The machine gets ready while Redis records the job as received.
-        async let receivedWritten: Void = store.received(job, vm: settings.vm, queue: settings.queue, rerun: rerun, alongWith: busy)
+        async let receivedWritten: Void = store.received(job, into: queue, rerun: rerun, alongWith: busy)
         let prepared: Result<Void, InfrastructureError>
         do {
             try await machine.prepare()
