@@ -19,8 +19,8 @@ struct Cancel: AsyncParsableCommand {
     func run() async throws {
         try await global.withRedis { session in
             let (config, logger, redis, keys) = (session.config, session.logger, session.redis, session.keys)
-            let cancellation = JobCancellation(redis: redis, keys: keys, retention: config.reporting.retention)
-            switch try await cancellation.cancel(id: id, reason: reason) {
+            let store = JobStore(redis: redis, keys: keys, retention: config.reporting.retention, worker: "", logger: logger)
+            switch try await store.cancel(id: id, reason: reason) {
             case .removedFromQueue(let queue):
                 print("cancelled job \(id): removed from queue \(queue)")
             case .alreadyFinished(let state):
@@ -31,10 +31,9 @@ struct Cancel: AsyncParsableCommand {
                 throw ExitCode.failure
             case .signalledWorker:
                 // Wait briefly to report the outcome; the worker polls the mark at least every second.
-                let reporter = JobReporter(redis: redis, keys: keys, retention: config.reporting.retention, worker: "", logger: logger)
                 let deadline = ContinuousClock.now + .seconds(5)
                 while ContinuousClock.now < deadline {
-                    if try await reporter.read(id: id)["state"] == JobState.cancelled.rawValue {
+                    if try await store.read(id: id)["state"] == JobState.cancelled.rawValue {
                         print("cancelled job \(id): its build was stopped")
                         return
                     }

@@ -70,17 +70,9 @@ struct Enqueue: AsyncParsableCommand {
             defer { setup.shutdown() }
             let redis = setup.connect()
             defer { redis.close() }
+            let store = JobStore(redis: redis, keys: keys, retention: config.reporting.retention, worker: "", logger: logger)
             let id = job.payload.id
-            let replies = try await redis.pipeline(bytes: [
-                [Array("HSET".utf8), Array(keys.job(id).utf8), Array("state".utf8), Array("queued".utf8),
-                 Array("queued_at".utf8), Array(queuedAt.utf8), Array("attempts".utf8), Array("0".utf8)],
-                [Array("EXPIRE".utf8), Array(keys.job(id).utf8), Array(String(config.reporting.retention).utf8)],
-                [Array("SADD".utf8), Array(keys.queues.utf8), Array(queueName.utf8)],
-                [Array("RPUSH".utf8), Array(keys.queue(queueName).utf8), raw],
-            ])
-            if let failure = replies.first(where: { if case .error = $0 { true } else { false } }) {
-                throw RedisError.server("\(failure)")
-            }
+            try await store.queued(raw, id: id, queue: queueName, at: queuedAt)
             print(id)
         }
     }

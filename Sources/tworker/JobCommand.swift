@@ -23,8 +23,8 @@ struct JobCommand: AsyncParsableCommand {
     func run() async throws {
         try await global.withRedis { session in
             let (config, logger, redis, keys) = (session.config, session.logger, session.redis, session.keys)
-            let reporter = JobReporter(redis: redis, keys: keys, retention: config.reporting.retention, worker: "", logger: logger)
-            let record = try await reporter.read(id: id)
+            let store = JobStore(redis: redis, keys: keys, retention: config.reporting.retention, worker: "", logger: logger)
+            let record = try await store.read(id: id)
             guard !record.isEmpty else {
                 printError("no job '\(id)' (never queued, or older than reporting.retention)")
                 throw ExitCode.failure

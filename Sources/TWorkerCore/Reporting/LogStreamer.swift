@@ -30,15 +30,9 @@ public actor LogStreamer {
     /// Starts a streamer that continues after the last entry already in the stream.
     public static func resuming(redis: RedisConnection, key: String, retention: Int, logger: Logger) async throws -> LogStreamer {
         let last = try await withRedisRetry(logger: logger, what: "read the end of \(key)") {
-            try await redis.send(["XREVRANGE", key, "+", "-", "COUNT", "1"])
+            try await redis.send(JobStore.logEndCommand(key: key))
         }
-        return LogStreamer(redis: redis, key: key, retention: retention, logger: logger, lastNumber: lastNumber(in: last))
-    }
-
-    /// The `n` of the newest entry in an `XREVRANGE key + - COUNT 1` reply (0 for none).
-    public static func lastNumber(in reply: RedisReply) -> Int {
-        guard let entry = reply.array?.first?.array?.first?.string, let sequence = entry.split(separator: "-").last else { return 0 }
-        return Int(sequence) ?? 0
+        return LogStreamer(redis: redis, key: key, retention: retention, logger: logger, lastNumber: JobStore.lastLogNumber(in: last))
     }
 
     public init(redis: RedisConnection, key: String, retention: Int, logger: Logger, lastNumber: Int) {
@@ -73,8 +67,8 @@ public actor LogStreamer {
         timer = nil
         while let flight = inFlight { await flight.value }
         finished = true
-        var entries = takeEntries().map { (number: $0.0, data: $0.1, final: false) }
-        entries.append((nextNumber, nil, true))
+        var entries = takeEntries()
+        entries.append(JobStore.LogEntry(number: nextNumber, data: nil, final: true))
         nextNumber += 1
         return commands(for: entries, expire: true)
     }
@@ -108,7 +102,7 @@ public actor LogStreamer {
         guard inFlight == nil, !buffer.isEmpty else { return }
         timer?.cancel()
         timer = nil
-        let entries = takeEntries().map { (number: $0.0, data: $0.1, final: false) }
+        let entries = takeEntries()
         inFlight = Task {
             await self.write(entries, expire: false)
             self.flushCompleted()
@@ -116,12 +110,12 @@ public actor LogStreamer {
     }
 
     /// Numbers and cuts the buffered output into entries, emptying the buffer.
-    private func takeEntries() -> [(Int, [UInt8]?)] {
-        var entries: [(Int, [UInt8]?)] = []
+    private func takeEntries() -> [JobStore.LogEntry] {
+        var entries: [JobStore.LogEntry] = []
         var start = 0
         while start < buffer.count {
             let end = Self.entryEnd(buffer, from: start)
-            entries.append((nextNumber, Array(buffer[start..<end])))
+            entries.append(JobStore.LogEntry(number: nextNumber, data: Array(buffer[start..<end]), final: false))
             nextNumber += 1
             start = end
         }
@@ -150,51 +144,22 @@ public actor LogStreamer {
         return end
     }
 
-    private func write(_ entries: [(number: Int, data: [UInt8]?, final: Bool)], expire: Bool) async {
+    private func write(_ entries: [JobStore.LogEntry], expire: Bool) async {
         await send(commands(for: entries, expire: expire))
     }
 
-    private func commands(for entries: [(number: Int, data: [UInt8]?, final: Bool)], expire: Bool) -> [[[UInt8]]] {
-        Self.commands(key: key, entries: entries, expireAfter: expire ? retention : nil)
-    }
-
-    /// The one wire format of a log: `XADD <key> 0-<n> n <n> [data <bytes>] [final 1]`.
-    static func commands(key: String, entries: [(number: Int, data: [UInt8]?, final: Bool)], expireAfter retention: Int?) -> [[[UInt8]]] {
-        let key = Array(key.utf8)
-        var commands: [[[UInt8]]] = entries.map { entry in
-            var command: [[UInt8]] = [Array("XADD".utf8), key, Array("0-\(entry.number)".utf8), Array("n".utf8), Array(String(entry.number).utf8)]
-            if let data = entry.data { command += [Array("data".utf8), data] }
-            if entry.final { command += [Array("final".utf8), Array("1".utf8)] }
-            return command
-        }
-        if let retention { commands.append([Array("EXPIRE".utf8), key, Array(String(retention).utf8)]) }
-        return commands
-    }
-
-    /// Writes `text` to a log no streamer is writing (a job cancelled in its queue, a dead
-    /// worker's job), numbered after `lastNumber`, for the caller's own transaction; `closing`
-    /// adds the `final` entry and the expiry.
-    public static func entryCommands(key: String, after lastNumber: Int, text: String, closing: Bool, retention: Int) -> [[[UInt8]]] {
-        var entries: [(number: Int, data: [UInt8]?, final: Bool)] = [(lastNumber + 1, Array(text.utf8), false)]
-        if closing { entries.append((lastNumber + 2, nil, true)) }
-        return commands(key: key, entries: entries, expireAfter: closing ? retention : nil)
+    private func commands(for entries: [JobStore.LogEntry], expire: Bool) -> [[[UInt8]]] {
+        JobStore.logCommands(key: key, entries: entries, expireAfter: expire ? retention : nil)
     }
 
     /// Writes until Redis has taken every entry: a refused entry is retried with backoff, never
-    /// dropped (an entry already there answers "equal or smaller", which is success).
+    /// dropped (an entry already there is success, see `JobStore.appendLog`).
     private func send(_ commands: [[[UInt8]]]) async {
         var delay: Duration = .milliseconds(100)
         while !Task.isCancelled {
             do {
-                let replies = try await withRedisRetry(logger: logger, what: "write the log \(self.key)") { @Sendable [redis, commands] in
-                    try await redis.pipeline(bytes: commands)
-                }
-                let refused = replies.compactMap { reply -> String? in
-                    guard case .error(let message) = reply, !message.contains("equal or smaller") else { return nil }
-                    return message
-                }
-                guard let first = refused.first else { return }
-                logger.error("log entries refused by Redis; retrying in \(delay)", metadata: ["key": "\(self.key)", "error": "\(first)"])
+                try await JobStore.appendLog(commands, redis: redis, logger: logger, key: key)
+                return
             } catch {
                 if Task.isCancelled { break }
                 logger.error("log write failed; retrying in \(delay)", metadata: ["key": "\(self.key)", "error": "\(error)"])
@@ -205,5 +170,4 @@ public actor LogStreamer {
         // Only cancellation gets here; the entries are lost with the process anyway.
         logger.error("log write abandoned", metadata: ["key": "\(self.key)"])
     }
-
 }

@@ -96,7 +96,7 @@ public struct StatusReport: Sendable, Codable, Equatable {
     /// The heartbeat hashes of `members` (`host:vm`), in order; an expired one is an empty dictionary.
     public static func heartbeats(_ members: [String], redis: RedisConnection) async throws -> [[String: String]] {
         guard !members.isEmpty else { return [] }
-        let replies = try await redis.pipeline(members.map { ["HGETALL", "tworker:worker:\($0)"] })
+        let replies = try await redis.pipeline(members.map { ["HGETALL", RedisKeys.workerRecord(member: $0)] })
         return replies.map(hash)
     }
 

@@ -67,7 +67,8 @@ public final class Worker: Sendable {
     let machine: any Machine
     let redis: RedisConnection
     let queue: WorkQueue
-    let reporter: JobReporter
+    let store: JobStore
+    let attempts: AttemptPolicy
     let heartbeat: Heartbeat
     let keys: RedisKeys
     let logger: Logger
@@ -114,7 +115,8 @@ public final class Worker: Sendable {
         self.logger = logger
         keys = RedisKeys(namespace: settings.namespace, host: settings.host)
         queue = WorkQueue(redis: redis, blockingRedis: blockingRedis, keys: keys, queue: settings.queue, vm: settings.vm, logger: logger)
-        reporter = JobReporter(redis: redis, keys: keys, retention: settings.retention, worker: settings.worker, logger: logger)
+        store = JobStore(redis: redis, keys: keys, retention: settings.retention, worker: settings.worker, logger: logger)
+        attempts = AttemptPolicy(maxAttempts: settings.maxAttempts)
         heartbeat = Heartbeat(redis: redis, keys: keys, vm: settings.vm, interval: settings.heartbeatInterval,
                               queue: settings.queue, logger: logger)
     }
@@ -303,7 +305,7 @@ public final class Worker: Sendable {
     }
 
     private func cancelFromRedis(_ id: String) async {
-        let reason = (try? await redis.send(["GET", keys.cancel(id)]))?.string
+        let reason = try? await store.cancelReason(of: id)
         cancel(jobID: id, reason: reason?.isEmpty == false ? reason! : "cancelled")
     }
 
@@ -312,7 +314,7 @@ public final class Worker: Sendable {
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(500))
             if Task.isCancelled { return }
-            if let reason = (try? await redis.send(["GET", keys.cancel(id)]))?.string {
+            if let reason = try? await store.cancelReason(of: id) {
                 cancel(jobID: id, reason: reason.isEmpty ? "cancelled" : reason)
                 return
             }
@@ -325,42 +327,29 @@ public final class Worker: Sendable {
     /// mid-job), or gives the job up once it has used all its attempts.
     func recoverUnfinished() async throws {
         // The same lock another host's master takes to reap this list: one requeue, never two.
-        let lock = ProcessingReaper.lockKey(host: settings.host, vm: settings.vm)
-        let token = UUID().uuidString
-        let deadline = ContinuousClock.now + ProcessingReaper.lockTime
-        while ContinuousClock.now < deadline {
-            let taken = try await withRedisRetry(logger: logger, what: "lock \(queue.processingKey)") {
-                try await redis.send(["SET", lock, token, "NX", "PX", String(ProcessingReaper.lockTime.components.seconds * 1000)])
-            }
-            if taken.string == "OK" { break }
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        defer {
-            Task { [redis] in
-                _ = try? await redis.send(["EVAL", "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0", "1", lock, token])
-            }
-        }
+        let lock = try await ProcessingLock.wait(redis: redis, keys: keys, vm: settings.vm, logger: logger)
+        defer { lock?.release() }
         for raw in try await queue.unfinished().reversed() {
             switch JobDecoder.decode(raw) {
             case .failure(let error):
                 guard await persistently("file a malformed job", holding: raw, { try await fileAsFailed(raw, error: error) }) else { return }
             case .success(let job):
-                let attempts = job.attempts + 1
                 let id = job.payload.id
                 let log = try await LogStreamer.resuming(redis: redis, key: keys.log(id), retention: settings.retention, logger: logger)
-                if attempts >= settings.maxAttempts {
-                    let reason = "The worker running this job stopped unexpectedly \(attempts) times; giving up after \(settings.maxAttempts) attempts."
+                switch attempts.afterFailedAttempt(of: job) {
+                case .giveUp(let used):
+                    let reason = "The worker running this job stopped unexpectedly \(used) times; giving up after \(settings.maxAttempts) attempts."
                     await log.append("\n\(reason)\n")
                     guard await finish(job, raw: raw, result: .errored, exitCode: nil, error: reason, log: log) else { return }
-                } else {
-                    await log.append("\nThe worker running this job stopped unexpectedly; the job was requeued (attempt \(attempts + 1) of \(settings.maxAttempts)).\n")
+                case .requeue(let used):
+                    await log.append("\nThe worker running this job stopped unexpectedly; the job was requeued (attempt \(used + 1) of \(settings.maxAttempts)).\n")
                     await log.drain()
-                    let commands = reporter.stateCommands(
-                        id: id, state: .requeued, fields: ["attempts": String(attempts), "error": "worker stopped unexpectedly"],
-                        event: .requeued, at: Timestamp.now())
-                    guard await persistently("requeue job \(id)", holding: raw, { try await queue.requeue(raw, as: job.withAttempts(attempts), with: commands) })
-                    else { return }
-                    logger.warning("requeued a job left by a previous run", metadata: ["job": "\(id)", "attempts": "\(attempts)"])
+                    let now = Timestamp.now()
+                    guard await persistently("requeue job \(id)", holding: raw, {
+                        try await store.requeue(raw, as: job.withAttempts(used), id: id, fields: ["attempts": String(used), "error": "worker stopped unexpectedly"],
+                                                event: .requeued, from: queue, at: now)
+                    }) else { return }
+                    logger.warning("requeued a job left by a previous run", metadata: ["job": "\(id)", "attempts": "\(used)"])
                 }
             }
         }
@@ -408,39 +397,8 @@ public final class Worker: Sendable {
     }
 
     private func fileAsFailed(_ raw: [UInt8], error: PayloadError) async throws {
-        let failure = ResqueFailure(rejected: error, raw: raw, worker: settings.worker, queue: settings.queue)
-        var commands: [[String]] = []
-        let now = Timestamp.now()
-        if let id = error.jobID {
-            commands = reporter.stateCommands(id: id, state: .errored, fields: ["error": error.description, "finished_at": now,
-                                                                               "worker": settings.worker, "vm": settings.vm, "host": settings.host],
-                                              event: .failed, at: now)
-        } else {
-            commands = [["XADD", RedisKeys.events, "MAXLEN", "~", JobReporter.eventsMaxLength, "*",
-                         "type", JobEvent.failed.rawValue, "id", "", "state", JobState.errored.rawValue, "worker", settings.worker, "at", now]]
-        }
-        try await queue.fail(raw, failure: failure.json(), with: commands)
+        try await store.fileAsFailed(raw, rejected: error, from: queue)
         logger.error("malformed job sent to the failed queue", metadata: ["job": "\(error.jobID ?? "?")", "error": "\(error.description)"])
-    }
-
-    /// What one round trip tells about a job before it runs.
-    private struct Opening {
-        /// The id already finished once: this is a rerun with a fresh log.
-        var rerun: Bool
-        var lastLogNumber: Int
-        /// Cancelled while it waited.
-        var cancelReason: String?
-    }
-
-    private func readOpening(_ id: String) async throws -> Opening {
-        let known = try await withRedisRetry(logger: logger, what: "read job \(id)") {
-            try await redis.pipeline([["HGET", keys.job(id), "state"], ["XREVRANGE", keys.log(id), "+", "-", "COUNT", "1"],
-                                      ["GET", keys.cancel(id)]])
-        }
-        guard known.count == 3 else { throw RedisError.server("unexpected reply to reading job \(id): \(known)") }
-        for case .error(let message) in known { throw RedisError.server(message) }
-        let rerun = known[0].string.flatMap(JobState.init(rawValue:))?.isFinal ?? false
-        return Opening(rerun: rerun, lastLogNumber: rerun ? 0 : LogStreamer.lastNumber(in: known[1]), cancelReason: known[2].string)
     }
 
     /// One job, from the processing list to its end. Whatever goes wrong that is not the build's
@@ -459,8 +417,8 @@ public final class Worker: Sendable {
         }
         if await stepsBack(from: job, raw: raw) { return true }
 
-        var opening: Opening?
-        let read = await persistently("read job \(id)") { opening = try await readOpening(id) }
+        var opening: JobStore.Opening?
+        let read = await persistently("read job \(id)") { opening = try await store.opening(of: id) }
         guard read, let opening else { return false }
         let log = LogStreamer(redis: redis, key: keys.log(id), retention: settings.retention, logger: logger, lastNumber: opening.lastLogNumber)
         if let reason = opening.cancelReason {
@@ -468,7 +426,7 @@ public final class Worker: Sendable {
             await log.append("The job was cancelled before it started: \(reason)\n")
             return await finish(job, raw: raw, state: .cancelled, exitCode: nil, error: reason, log: log)
         }
-        if job.attempts + 1 > settings.maxAttempts {
+        if attempts.isUsedUp(job) {
             let reason = "The job already used its \(settings.maxAttempts) attempts."
             await log.append("\n\(reason)\n")
             return await finish(job, raw: raw, result: .errored, exitCode: nil, error: reason, log: log)
@@ -500,17 +458,10 @@ public final class Worker: Sendable {
     private func attempt(_ job: QueuedJob, rerun: Bool, log: LogStreamer) async throws -> BuildOutcome {
         let id = job.payload.id
         let attempt = job.attempts + 1
-        var received = ["attempts": String(attempt), "worker": settings.worker, "vm": settings.vm, "host": settings.host,
-                        "received_at": Timestamp.now(), "error": "", "exit_code": "", "finished_at": "", "queue": settings.queue]
-        if let queuedAt = job.queuedAt { received["queued_at"] = queuedAt }
-        var commands = rerun ? [["DEL", keys.log(id)]] : []
-        commands += reporter.stateCommands(id: id, state: .received, fields: received, event: .received, at: Timestamp.now())
-        commands += heartbeat.transition(to: .busy, job: id)
+        let busy = heartbeat.transition(to: .busy, job: id)
         logger.info("job received", metadata: ["job": "\(id)", "attempt": "\(attempt)"])
         // The machine gets ready while Redis records the job as received.
-        async let receivedWritten = withRedisRetry(logger: logger, what: "record job \(id) received") { [redis, commands] in
-            try JobReporter.check(try await redis.pipeline(commands))
-        }
+        async let receivedWritten: Void = store.received(job, into: queue, rerun: rerun, alongWith: busy)
         let prepared: Result<Void, InfrastructureError>
         do {
             try await machine.prepare()
@@ -518,11 +469,11 @@ public final class Worker: Sendable {
         } catch {
             prepared = .failure(error)
         }
-        _ = try await receivedWritten
+        try await receivedWritten
         if case .failure(let error) = prepared { return .infrastructure(error.message) }
         // A cancel, abort or stop that came while the machine got ready wins before the build starts.
         if isInterrupted || stopRequest == .immediate { return .interrupted }
-        try await reporter.record(id: id, state: .started, fields: ["started_at": Timestamp.now()], event: .started)
+        try await store.started(id: id)
         return await runBuild(job, log: log)
     }
 
@@ -558,10 +509,11 @@ public final class Worker: Sendable {
                     : "The build was aborted by the operator (USR1); the job was put back at the head of the queue."
                 await log.append("\n\n\(message)\n")
                 await log.drain()
-                let commands = reporter.stateCommands(
-                    id: id, state: .requeued, fields: ["error": why == .stop ? "worker stopped" : "aborted by operator"],
-                    event: .requeued, at: Timestamp.now()) + afterwards
-                let settled = await persistently("requeue job \(id)", holding: raw) { try await queue.requeue(raw, as: raw, with: commands) }
+                let now = Timestamp.now()
+                let settled = await persistently("requeue job \(id)", holding: raw) {
+                    try await store.requeue(raw, id: id, fields: ["error": why == .stop ? "worker stopped" : "aborted by operator"],
+                                            event: .requeued, from: queue, alongWith: afterwards, at: now)
+                }
                 if settled { logger.info("job requeued", metadata: ["job": "\(id)", "why": "\(why)"]) }
                 return settled
             }
@@ -596,22 +548,25 @@ public final class Worker: Sendable {
     /// `errored` once the attempts are used up, so a broken machine never loops a job forever.
     /// The job records the worker that failed it, so another worker takes it if one can.
     private func retryElsewhere(_ job: QueuedJob, raw: [UInt8], reason: String, log: LogStreamer, with extra: [[String]]) async -> Bool {
-        let attempts = job.attempts + 1
-        if attempts >= settings.maxAttempts {
-            let message = "Infrastructure error on attempt \(attempts) of \(settings.maxAttempts): \(reason)"
+        let used: Int
+        switch attempts.afterFailedAttempt(of: job) {
+        case .giveUp(let all):
+            let message = "Infrastructure error on attempt \(all) of \(settings.maxAttempts): \(reason)"
             await log.append("\(message)\nDone. The job errored.\n")
             return await finish(job, raw: raw, result: .errored, exitCode: nil, error: message, log: log, with: extra)
+        case .requeue(let sofar):
+            used = sofar
         }
-        await log.append("The job was requeued (attempt \(attempts + 1) of \(settings.maxAttempts)).\n")
+        await log.append("The job was requeued (attempt \(used + 1) of \(settings.maxAttempts)).\n")
         await log.drain()
-        let commands = reporter.stateCommands(
-            id: job.payload.id, state: .requeued, fields: ["attempts": String(attempts), "error": reason], event: .requeued, at: Timestamp.now()) + extra
-        let replacement = job.withInfrastructureFailure(attempts: attempts, worker: settings.worker)
+        let replacement = job.withInfrastructureFailure(attempts: used, worker: settings.worker)
+        let now = Timestamp.now()
         let settled = await persistently("requeue job \(job.payload.id)", holding: raw) {
-            try await queue.requeue(raw, as: replacement, with: commands)
+            try await store.requeue(raw, as: replacement, id: job.payload.id, fields: ["attempts": String(used), "error": reason],
+                                    event: .requeued, from: queue, alongWith: extra, at: now)
         }
         if settled {
-            logger.warning("job requeued after an infrastructure error", metadata: ["job": "\(job.payload.id)", "attempts": "\(attempts)", "error": "\(reason)"])
+            logger.warning("job requeued after an infrastructure error", metadata: ["job": "\(job.payload.id)", "attempts": "\(used)", "error": "\(reason)"])
         }
         return settled
     }
@@ -625,8 +580,9 @@ public final class Worker: Sendable {
         let count = stepBacks.withLock { $0[id, default: 0] }
         guard count < Self.maxStepBacks, let other = try? await otherWorkerCanTake(job) else { return false }
         logger.info("this worker failed the job before; leaving it to another worker", metadata: ["job": "\(id)", "other": "\(other)"])
-        let commands = reporter.stateCommands(id: id, state: .requeued, fields: [:], event: nil, at: Timestamp.now())
-        guard await persistently("put job \(id) back", holding: raw, { try await queue.requeue(raw, as: raw, with: commands) }) else { return true }
+        let now = Timestamp.now()
+        guard await persistently("put job \(id) back", holding: raw, { try await store.requeue(raw, id: id, event: nil, from: queue, at: now) })
+        else { return true }
         stepBacks.withLock { counts in
             if counts.count > 1000 { counts.removeAll() }
             counts[id, default: 0] += 1
@@ -653,11 +609,11 @@ public final class Worker: Sendable {
     }
 
     private func putBack(_ raw: [UInt8], reason: String) async -> Bool {
-        var commands: [[String]] = []
-        if case .success(let job) = JobDecoder.decode(raw) {
-            commands = reporter.stateCommands(id: job.payload.id, state: .requeued, fields: ["error": reason], event: .requeued, at: Timestamp.now())
+        let id = if case .success(let job) = JobDecoder.decode(raw) { job.payload.id } else { String?.none }
+        let now = Timestamp.now()
+        return await persistently("put a job back", holding: raw) {
+            try await store.requeue(raw, id: id, fields: ["error": reason], event: .requeued, from: queue, at: now)
         }
-        return await persistently("put a job back", holding: raw) { try await queue.requeue(raw, as: raw, with: commands) }
     }
 
     // MARK: - Finishing
@@ -675,17 +631,11 @@ public final class Worker: Sendable {
         // The log's last entries and its `final` marker go in the same transaction as the state.
         let closing = await log.closingCommands()
         let id = job.payload.id
-        var commands = reporter.stateCommands(
-            id: id, state: state,
-            fields: ["finished_at": Timestamp.now(), "exit_code": exitCode.map(String.init) ?? "", "error": error ?? ""],
-            event: .finished, at: Timestamp.now())
-        if state != .cancelled { commands.append(["INCR", keys.processedCount]) }
-        commands.append(["HINCRBY", keys.worker(vm: settings.vm), "jobs_done", "1"])
-        // A cancel mark never outlives the run it was meant for (a later rerun of the id runs).
-        commands.append(["DEL", keys.cancel(id)])
-        commands += extra
-        let all = closing + commands.map(WorkQueue.bytes)
-        let settled = await persistently("record the end of job \(id)", holding: raw) { try await queue.complete(raw, with: all) }
+        let now = Timestamp.now()
+        let settled = await persistently("record the end of job \(id)", holding: raw) {
+            try await store.finish(raw, id: id, state: state, exitCode: exitCode, error: error, closingLog: closing, from: queue,
+                                   alongWith: extra, at: now)
+        }
         if settled {
             logger.info("job finished", metadata: ["job": "\(id)", "result": "\(state.rawValue)", "exit_code": "\(exitCode.map(String.init) ?? "-")"])
         }

@@ -54,28 +54,34 @@ public struct WorkQueue: Sendable {
 
     /// Whether `raw` is still in the processing list (a write that removes it has not landed).
     public func holds(_ raw: [UInt8]) async throws -> Bool {
-        let position = try await withRedisRetry(logger: logger, what: "read \(processingKey)") {
-            try await redis.send(bytes: [Array("LPOS".utf8), Array(processingKey.utf8), raw])
-        }
-        return !position.isNull
+        try await withRedisRetry(logger: logger, what: "read \(processingKey)") { try await holdsOnce(raw) }
+    }
+
+    private func holdsOnce(_ raw: [UInt8]) async throws -> Bool {
+        !(try await redis.send(bytes: [Array("LPOS".utf8), Array(processingKey.utf8), raw])).isNull
     }
 
     /// Puts `raw` back at the head of the queue as `requeued`, together with `commands`.
     public func requeue(_ raw: [UInt8], as replacement: [UInt8], with commands: [[String]]) async throws {
-        try await commitRemoving(raw, commands: [[Array("LPUSH".utf8), Array(queueKey.utf8), replacement]] + commands.map(Self.bytes))
+        try await requeue(raw, as: replacement, binary: commands.map(JobStore.bytes))
+    }
+
+    /// The same with binary-safe commands (log entries).
+    public func requeue(_ raw: [UInt8], as replacement: [UInt8], binary commands: [[[UInt8]]]) async throws {
+        try await commitRemoving(raw, commands: [[Array("LPUSH".utf8), Array(queueKey.utf8), replacement]] + commands)
     }
 
     /// Files a job that cannot run in Resque's failed queue.
     public func fail(_ raw: [UInt8], failure: [UInt8], with commands: [[String]]) async throws {
         try await commitRemoving(raw, commands: [
             [Array("RPUSH".utf8), Array(keys.failed.utf8), failure],
-            Self.bytes(["INCR", keys.failedCount]),
-        ] + commands.map(Self.bytes))
+            JobStore.bytes(["INCR", keys.failedCount]),
+        ] + commands.map(JobStore.bytes))
     }
 
     /// Writes the job's final state and only then forgets it.
     public func complete(_ raw: [UInt8], with commands: [[String]]) async throws {
-        try await commitRemoving(raw, commands: commands.map(Self.bytes))
+        try await commitRemoving(raw, commands: commands.map(JobStore.bytes))
     }
 
     /// The same with binary-safe commands (log entries).
@@ -83,26 +89,18 @@ public struct WorkQueue: Sendable {
         try await commitRemoving(raw, commands: commands)
     }
 
-    /// Runs `commands` and removes `raw` from the processing list in one transaction.
+    /// Runs `commands` and removes `raw` from the processing list in one transaction, every
+    /// reply checked (an error inside EXEC's results too).
     ///
     /// If the connection drops before the reply arrives the transaction may or may not have run;
     /// the entry's presence in the processing list tells which, so it never runs twice.
     private func commitRemoving(_ raw: [UInt8], commands: [[[UInt8]]]) async throws {
-        let transaction = [Self.bytes(["MULTI"])] + commands
-            + [[Array("LREM".utf8), Array(processingKey.utf8), Array("1".utf8), raw], Self.bytes(["EXEC"])]
+        let transaction = JobStore.transaction(commands + [[Array("LREM".utf8), Array(processingKey.utf8), Array("1".utf8), raw]])
         var tries = 0
-        let replies = try await withRedisRetry(logger: logger, what: "commit job state") { () async throws -> [RedisReply]? in
+        _ = try await withRedisRetry(logger: logger, what: "commit job state") { () async throws -> [RedisReply]? in
             tries += 1
-            if tries > 1 {
-                let position = try await redis.send(bytes: [Array("LPOS".utf8), Array(processingKey.utf8), raw])
-                if position.isNull { return nil }
-            }
-            return try await redis.pipeline(bytes: transaction)
-        }
-        if let exec = replies?.last, case .error(let message) = exec {
-            throw RedisError.server("transaction failed: \(message)")
+            if tries > 1, try await !holdsOnce(raw) { return nil }
+            return try await redis.pipeline(bytes: transaction).checkedForWrite(accepting: JobStore.isLogEntryAlreadyWritten)
         }
     }
-
-    public static func bytes(_ command: [String]) -> [[UInt8]] { command.map { Array($0.utf8) } }
 }

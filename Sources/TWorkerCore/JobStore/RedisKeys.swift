@@ -18,6 +18,16 @@ public struct RedisKeys: Sendable {
     public var failedCount: String { "\(namespace):stat:failed" }
 
     public func processing(vm: String) -> String { "tworker:processing:\(host):\(vm)" }
+    /// Matches every host's processing lists (`SCAN` by the reaper).
+    public static let processingPattern = "tworker:processing:*"
+    /// The host and VM whose processing list `key` is; nil for another key.
+    public static func processingOwner(of key: String) -> (host: String, vm: String)? {
+        let parts = key.split(separator: ":", maxSplits: 3).map(String.init)
+        guard parts.count == 4, parts[0] == "tworker", parts[1] == "processing" else { return nil }
+        return (parts[2], parts[3])
+    }
+    /// Held while a processing list is being recovered (see `ProcessingLock`).
+    public func processingLock(vm: String) -> String { "tworker:lock:processing:\(host):\(vm)" }
     public func job(_ id: String) -> String { "tworker:job:\(id)" }
     public func log(_ id: String) -> String { "tworker:job:\(id):log" }
     public static let events = "tworker:events"
