@@ -1,0 +1,45 @@
+import Dispatch
+import Foundation
+import UnixSignals
+
+extension Master {
+    /// Traps every signal the master answers and turns each into an event; cancel the task to stop.
+    func trapSignals() async -> Task<Void, Never> {
+        let sequence = await UnixSignalsSequence(trapping: .sigquit, .sigterm, .sigint, .sigusr1, .sigusr2, .sigcont, .sighup)
+        let sink = eventSink
+        let resize = Self.trapResizeSignals { signal in sink.yield(.signal(signal)) }
+        return Task {
+            for await signal in sequence { sink.yield(.signal(signal.rawValue)) }
+            resize.forEach { $0.cancel() }
+        }
+    }
+
+    /// TTIN and TTOU, which swift-service-lifecycle's `UnixSignal` does not name: the same
+    /// Dispatch signal sources `UnixSignalsSequence` uses underneath.
+    nonisolated static func trapResizeSignals(_ handler: @escaping @Sendable (Int32) -> Void) -> [any DispatchSourceSignal] {
+        [SIGTTIN, SIGTTOU].map { number in
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { handler(number) }
+            source.resume()
+            return source
+        }
+    }
+
+    nonisolated static func signalName(_ signal: Int32) -> String {
+        switch signal {
+        case SIGQUIT: "SIGQUIT"
+        case SIGTERM: "SIGTERM"
+        case SIGINT: "SIGINT"
+        case SIGKILL: "SIGKILL"
+        case SIGHUP: "SIGHUP"
+        case SIGUSR1: "SIGUSR1"
+        case SIGUSR2: "SIGUSR2"
+        case SIGCONT: "SIGCONT"
+        case SIGTTIN: "SIGTTIN"
+        case SIGTTOU: "SIGTTOU"
+        case SIGSEGV: "SIGSEGV"
+        case SIGABRT: "SIGABRT"
+        default: "signal \(signal)"
+        }
+    }
+}
