@@ -63,9 +63,16 @@ public actor Master {
     var state: MasterState
     let startedAt = ContinuousClock.now
     let startedWall = Date()
-    /// Signals, child starts and exits, timers: everything that happens outside the actor.
-    nonisolated let events: AsyncStream<MasterEvent>
-    nonisolated let eventSink: AsyncStream<MasterEvent>.Continuation
+    /// What `run()` takes in, in order: events from outside the actor (signals, child starts
+    /// and exits, timers) and the tasks the effects ask for, which it starts in its task group.
+    enum Input: Sendable {
+        case event(MasterEvent)
+        case launch(WorkerLaunch, generation: Int)
+        case timer(at: ContinuousClock.Instant)
+    }
+
+    nonisolated let inputs: AsyncStream<Input>
+    nonisolated let inputSink: AsyncStream<Input>.Continuation
 
     public init(config: WorkerConfig, settings: SupervisorSettings, account: WorkerAccount?, setup: Setup,
                 redis: RedisConnection, logger: Logger) {
@@ -76,7 +83,7 @@ public actor Master {
         self.redis = redis
         self.logger = logger
         state = MasterState(masterPID: getpid(), limits: Self.limits(config, settings))
-        (events, eventSink) = AsyncStream.makeStream(of: MasterEvent.self)
+        (inputs, inputSink) = AsyncStream.makeStream(of: Input.self)
     }
 
     static func limits(_ config: WorkerConfig, _ settings: SupervisorSettings) -> MasterState.Limits {
@@ -89,20 +96,37 @@ public actor Master {
     /// Starts the children and supervises them until stopped; returns the exit code.
     public func run() async -> Int32 {
         // Trapped (and registered) before the first child starts, so no signal finds the default action.
-        let signals = await trapSignals()
+        let untrapSignals = await trapSignals()
         logger.info("master started", metadata: ["pid": "\(getpid())", "workers": "\(config.vms.count)", "host": "\(config.host)"])
         await stopLeftoverWorkers()
+        defer { untrapSignals() }
         apply(.boot(count: config.vms.count))
-        let monitor = Task { await self.monitor() }
-        defer {
-            signals.cancel()
-            monitor.cancel()
-        }
-        if state.finished == nil {
-            for await event in events {
-                apply(event)
-                if state.finished != nil { break }
+        // The children, their backoff timers and the monitor: all done or cancelled when `run()` returns.
+        await withDiscardingTaskGroup { group in
+            group.addTask { await self.monitor() }
+            if state.finished == nil {
+                for await input in inputs {
+                    switch input {
+                    case .event(let event):
+                        apply(event)
+                    case .launch(let launch, let generation):
+                        group.addTask { [inputSink, logger] in
+                            let description = await launch.run(logger: logger) { pid in
+                                inputSink.yield(.event(.started(number: launch.number, generation: generation, pid: pid)))
+                            }
+                            inputSink.yield(.event(.exited(number: launch.number, generation: generation, description: description)))
+                        }
+                    case .timer(let at):
+                        group.addTask { [inputSink] in
+                            try? await Task.sleep(until: at, clock: .continuous)
+                            inputSink.yield(.event(.tick))
+                        }
+                    }
+                    if state.finished != nil { break }
+                }
             }
+            // Every child has exited or was killed (second TERM); what is left are timers and the monitor.
+            group.cancelAll()
         }
         logger.info("master stopped", metadata: ["pid": "\(getpid())"])
         return state.finished ?? 0
@@ -128,17 +152,14 @@ public actor Master {
             case .log(let level, let message, let metadata):
                 logger.log(level: level, "\(message)", metadata: metadata.isEmpty ? nil : metadata.mapValues { .string($0) })
             case .scheduleTimer(let at):
-                Task { [eventSink] in
-                    try? await Task.sleep(until: at, clock: .continuous)
-                    eventSink.yield(.tick)
-                }
+                inputSink.yield(.timer(at: at))
             case .reloadConfig:
                 reload()
             case .reply(let response):
                 reply = response
             case .finish:
                 // Ends `run()`'s loop even when the last event came from the control socket or the monitor.
-                eventSink.finish()
+                inputSink.finish()
             }
         }
         return reply
@@ -150,18 +171,11 @@ public actor Master {
         machine.buildGroup.killRecorded()
     }
 
-    /// Starts `worker-N` and reports its start and exit as events.
+    /// Asks `run()` to start `worker-N` in its task group; its start and exit come back as events.
     private func launch(_ number: Int, generation: Int, paused: Bool) {
         let launch = WorkerLaunch(executable: setup.executable, number: number, arguments: setup.arguments,
                                   account: account, paused: paused, pinnedEnvironment: setup.pinnedEnvironment)
-        let sink = eventSink
-        let logger = logger
-        Task.detached {
-            let description = await launch.run(logger: logger) { pid in
-                sink.yield(.started(number: number, generation: generation, pid: pid))
-            }
-            sink.yield(.exited(number: number, generation: generation, description: description))
-        }
+        inputSink.yield(.launch(launch, generation: generation))
     }
 
     nonisolated static func seconds(_ duration: Duration) -> String {

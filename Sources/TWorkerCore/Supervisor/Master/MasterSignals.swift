@@ -3,13 +3,14 @@ import Foundation
 import UnixSignals
 
 extension Master {
-    /// Traps every signal the master answers and turns each into an event; cancel the task to stop.
-    func trapSignals() async -> Task<Void, Never> {
+    /// Traps every signal the master answers and turns each into an event; call the result to stop.
+    func trapSignals() async -> () -> Void {
         let sequence = await UnixSignalsSequence(trapping: .sigquit, .sigterm, .sigint, .sigusr1, .sigusr2, .sigcont, .sighup)
-        let sink = eventSink
-        let resize = Self.trapResizeSignals { signal in sink.yield(.signal(signal)) }
-        return Task {
-            for await signal in sequence { sink.yield(.signal(signal.rawValue)) }
+        let sink = inputSink
+        let resize = Self.trapResizeSignals { signal in sink.yield(.event(.signal(signal))) }
+        let forward = Task { for await signal in sequence { sink.yield(.event(.signal(signal.rawValue))) } }
+        return {
+            forward.cancel()
             resize.forEach { $0.cancel() }
         }
     }
