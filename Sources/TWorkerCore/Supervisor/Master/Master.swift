@@ -95,8 +95,16 @@ public actor Master {
 
     /// Starts the children and supervises them until stopped; returns the exit code.
     public func run() async -> Int32 {
+        await run(trappingQuit: true)
+    }
+
+    /// The exit code once `run()` has returned.
+    public var exitCode: Int32? { state.finished }
+
+    /// `trappingQuit`: false when a `ServiceGroup` owns QUIT and reports it as its graceful shutdown.
+    func run(trappingQuit: Bool) async -> Int32 {
         // Trapped (and registered) before the first child starts, so no signal finds the default action.
-        let untrapSignals = await trapSignals()
+        let untrapSignals = await trapSignals(quit: trappingQuit)
         logger.info("master started", metadata: ["pid": "\(getpid())", "workers": "\(config.vms.count)", "host": "\(config.host)"])
         await stopLeftoverWorkers()
         defer { untrapSignals() }

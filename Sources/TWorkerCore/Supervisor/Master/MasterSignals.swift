@@ -4,8 +4,9 @@ import UnixSignals
 
 extension Master {
     /// Traps every signal the master answers and turns each into an event; call the result to stop.
-    func trapSignals() async -> () -> Void {
-        let sequence = await UnixSignalsSequence(trapping: .sigquit, .sigterm, .sigint, .sigusr1, .sigusr2, .sigcont, .sighup)
+    func trapSignals(quit: Bool) async -> () -> Void {
+        let answered: [UnixSignal] = [.sigterm, .sigint, .sigusr1, .sigusr2, .sigcont, .sighup]
+        let sequence = await UnixSignalsSequence(trapping: quit ? [.sigquit] + answered : answered)
         let sink = inputSink
         let resize = Self.trapResizeSignals { signal in sink.yield(.event(.signal(signal))) }
         let forward = Task { for await signal in sequence { sink.yield(.event(.signal(signal.rawValue))) } }
