@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import RedisClient
+import ServiceLifecycle
 import TWorkerCore
 
 struct Start: AsyncParsableCommand {
@@ -76,7 +77,14 @@ struct Start: AsyncParsableCommand {
             let master = Master(config: config, settings: settings, account: account, setup: setup, redis: connection, logger: logger)
             let server = try ControlServer(path: paths.socket) { request in await master.control(request) }
             defer { server.close() }
-            let code = await master.run()
+            // QUIT is the group's graceful shutdown, so it is trapped before the first child starts.
+            // The master returning (stopped, or a second TERM) ends the group rather than failing it.
+            let service = ServiceGroupConfiguration.ServiceConfiguration(service: MasterService(master),
+                                                                          successTerminationBehavior: .gracefullyShutdownGroup)
+            let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: [service], gracefulShutdownSignals: [.sigquit],
+                                                                              logger: logger))
+            try await group.run()
+            let code = await master.exitCode ?? 0
             if code != 0 { throw ExitCode(code) }
         }
     }

@@ -1,0 +1,193 @@
+import Foundation
+import Logging
+import RedisClient
+
+/// `tworker start`: the foreground master. Runs one `tworker work --vm worker-N` child per VM,
+/// restarts one that dies (with backoff), forwards signals, reloads its config on HUP, grows and
+/// shrinks on TTIN/TTOU, answers the control socket and watches memory and stuck jobs.
+///
+/// The decisions are `MasterState.reduce`'s; this actor feeds it events and carries out its effects.
+public actor Master {
+    /// How the master starts its children and reloads its config.
+    public struct Setup: Sendable {
+        /// The tworker binary the children run (the master's own).
+        public var executable: String
+        /// `--env`, `--config-dir`, `--verbose` as the master got them: put after `work`.
+        public var arguments: [String]
+        /// Loads the config again (HUP).
+        public var loadConfig: @Sendable () throws -> WorkerConfig
+        /// The supervisor's own settings for a config (temporarily from the environment).
+        public var settings: @Sendable (WorkerConfig) -> SupervisorSettings
+        /// For `status`.
+        public var configDir: String?
+        /// What the children must use as the master does whatever their config files say by
+        /// then (`REDIS_URL` of the very server the master talks to, `TWORKER_STATE_DIR`,
+        /// `TWORKER_REDIS_NAMESPACE`): only a restart of the master changes them.
+        public var pinnedEnvironment: [String: String]
+        /// Called every `heartbeat.interval`: `processingReaper` (requeues the jobs of
+        /// `tworker:processing:*` lists whose worker's heartbeat expired, on any host).
+        public var reaper: (@Sendable (WorkerConfig, RedisConnection, Logger) async -> Void)?
+
+        public init(executable: String, arguments: [String], loadConfig: @escaping @Sendable () throws -> WorkerConfig,
+                    settings: @escaping @Sendable (WorkerConfig) -> SupervisorSettings = { SupervisorSettings(config: $0) },
+                    configDir: String? = nil, pinnedEnvironment: [String: String] = [:],
+                    reaper: (@Sendable (WorkerConfig, RedisConnection, Logger) async -> Void)? = nil) {
+            self.executable = executable
+            self.arguments = arguments
+            self.loadConfig = loadConfig
+            self.settings = settings
+            self.configDir = configDir
+            self.pinnedEnvironment = pinnedEnvironment
+            self.reaper = reaper
+        }
+    }
+
+    /// One pass of `ProcessingReaper` over every host's processing lists.
+    public static let processingReaper: @Sendable (WorkerConfig, RedisConnection, Logger) async -> Void = { config, redis, logger in
+        let reaper = ProcessingReaper(redis: redis, namespace: config.redis.namespace, defaultQueue: config.queue,
+                                      maxAttempts: config.limits.maxAttempts, retention: config.reporting.retention, logger: logger)
+        do {
+            let handled = try await reaper.reap()
+            if handled > 0 { logger.info("reaper: recovered \(handled) job(s) of dead workers") }
+        } catch {
+            logger.debug("reaper pass failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    var config: WorkerConfig
+    var settings: SupervisorSettings
+    var account: WorkerAccount?
+    let setup: Setup
+    let redis: RedisConnection
+    let logger: Logger
+    var state: MasterState
+    let startedAt = ContinuousClock.now
+    let startedWall = Date()
+    /// What `run()` takes in, in order: events from outside the actor (signals, child starts
+    /// and exits, timers) and the tasks the effects ask for, which it starts in its task group.
+    enum Input: Sendable {
+        case event(MasterEvent)
+        case launch(WorkerLaunch, generation: Int)
+        case timer(at: ContinuousClock.Instant)
+    }
+
+    nonisolated let inputs: AsyncStream<Input>
+    nonisolated let inputSink: AsyncStream<Input>.Continuation
+
+    public init(config: WorkerConfig, settings: SupervisorSettings, account: WorkerAccount?, setup: Setup,
+                redis: RedisConnection, logger: Logger) {
+        self.config = config
+        self.settings = settings
+        self.account = account
+        self.setup = setup
+        self.redis = redis
+        self.logger = logger
+        state = MasterState(masterPID: getpid(), limits: Self.limits(config, settings))
+        (inputs, inputSink) = AsyncStream.makeStream(of: Input.self)
+    }
+
+    static func limits(_ config: WorkerConfig, _ settings: SupervisorSettings) -> MasterState.Limits {
+        MasterState.Limits(workerMemoryMiB: settings.workerMemory, hardLimitSeconds: config.timeouts.hardLimit,
+                           stuckGrace: settings.stuckGrace)
+    }
+
+    // MARK: - Running
+
+    /// Starts the children and supervises them until stopped; returns the exit code.
+    public func run() async -> Int32 {
+        await run(trappingQuit: true)
+    }
+
+    /// The exit code once `run()` has returned.
+    public var exitCode: Int32? { state.finished }
+
+    /// `trappingQuit`: false when a `ServiceGroup` owns QUIT and reports it as its graceful shutdown.
+    func run(trappingQuit: Bool) async -> Int32 {
+        // Trapped (and registered) before the first child starts, so no signal finds the default action.
+        let untrapSignals = await trapSignals(quit: trappingQuit)
+        logger.info("master started", metadata: ["pid": "\(getpid())", "workers": "\(config.vms.count)", "host": "\(config.host)"])
+        await stopLeftoverWorkers()
+        defer { untrapSignals() }
+        apply(.boot(count: config.vms.count))
+        // The children, their backoff timers and the monitor: all done or cancelled when `run()` returns.
+        await withDiscardingTaskGroup { group in
+            group.addTask { await self.monitor() }
+            if state.finished == nil {
+                for await input in inputs {
+                    switch input {
+                    case .event(let event):
+                        apply(event)
+                    case .launch(let launch, let generation):
+                        group.addTask { [inputSink, logger] in
+                            let description = await launch.run(logger: logger) { pid in
+                                inputSink.yield(.event(.started(number: launch.number, generation: generation, pid: pid)))
+                            }
+                            inputSink.yield(.event(.exited(number: launch.number, generation: generation, description: description)))
+                        }
+                    case .timer(let at):
+                        group.addTask { [inputSink] in
+                            try? await Task.sleep(until: at, clock: .continuous)
+                            inputSink.yield(.event(.tick))
+                        }
+                    }
+                    if state.finished != nil { break }
+                }
+            }
+            // Every child has exited or was killed (second TERM); what is left are timers and the monitor.
+            group.cancelAll()
+        }
+        logger.info("master stopped", metadata: ["pid": "\(getpid())"])
+        return state.finished ?? 0
+    }
+
+    /// Feeds one event to the state and carries out its effects; returns its control reply, if any.
+    @discardableResult
+    func apply(_ event: MasterEvent) -> ControlResponse? {
+        var reply: ControlResponse?
+        for effect in state.reduce(event, now: .now) {
+            switch effect {
+            case .spawn(let number, let generation, let paused):
+                launch(number, generation: generation, paused: paused)
+            case .signal(let pid, let signal):
+                kill(pid, signal)
+            case .killTree(let pid):
+                ProcessProbe.killTree(pid)
+            case .forgetHeartbeat(let vm, let pid):
+                let forget = Heartbeat.forget(vm: vm, pid: pid, keys: RedisKeys(namespace: config.redis.namespace, host: config.host))
+                Task { [redis] in _ = try? await redis.send(forget) }
+            case .killBuildGroup(let vm):
+                killBuildGroup(vm)
+            case .log(let level, let message, let metadata):
+                logger.log(level: level, "\(message)", metadata: metadata.isEmpty ? nil : metadata.mapValues { .string($0) })
+            case .scheduleTimer(let at):
+                inputSink.yield(.timer(at: at))
+            case .reloadConfig:
+                reload()
+            case .reply(let response):
+                reply = response
+            case .finish:
+                // Ends `run()`'s loop even when the last event came from the control socket or the monitor.
+                inputSink.finish()
+            }
+        }
+        return reply
+    }
+
+    private func killBuildGroup(_ vm: String) {
+        guard config.provider == .local,
+              let machine = try? LocalProvider(workspaceRoot: config.local.workspace).machine(named: vm) as? LocalMachine else { return }
+        machine.buildGroup.killRecorded()
+    }
+
+    /// Asks `run()` to start `worker-N` in its task group; its start and exit come back as events.
+    private func launch(_ number: Int, generation: Int, paused: Bool) {
+        let launch = WorkerLaunch(executable: setup.executable, number: number, arguments: setup.arguments,
+                                  account: account, paused: paused, pinnedEnvironment: setup.pinnedEnvironment)
+        inputSink.yield(.launch(launch, generation: generation))
+    }
+
+    nonisolated static func seconds(_ duration: Duration) -> String {
+        let value = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+        return String(format: "%.1f s", value)
+    }
+}

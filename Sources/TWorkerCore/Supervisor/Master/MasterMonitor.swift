@@ -1,0 +1,74 @@
+import Foundation
+import RedisClient
+
+extension Master {
+    /// Samples what sends no event (heartbeats in Redis, memory in /proc) and runs the reaper;
+    /// what it finds goes to the state machine as events.
+    func monitor() async {
+        var lastWatchdog = ContinuousClock.now
+        var lastReap = ContinuousClock.now
+        while !Task.isCancelled && state.finished == nil {
+            await checkReadiness()
+            let now = ContinuousClock.now
+            if now - lastWatchdog >= settings.watchdogInterval {
+                lastWatchdog = now
+                checkMemory()
+                await checkStuck()
+            }
+            if now - lastReap >= .seconds(max(1, config.heartbeat.interval)) {
+                lastReap = now
+                if let reaper = setup.reaper { await reaper(config, redis, logger) }
+            }
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+    }
+
+    /// A child is ready once its heartbeat carries its pid; a pause asked for before then is delivered then.
+    private func checkReadiness() async {
+        let waiting = state.slots.values.filter { $0.pid != nil && !$0.ready }
+        guard !waiting.isEmpty else { return }
+        let keys = RedisKeys(namespace: config.redis.namespace, host: config.host)
+        guard let replies = try? await redis.pipeline(waiting.map { ["HGET", keys.worker(vm: $0.vm), "pid"] }) else { return }
+        for (slot, reply) in zip(waiting, replies) {
+            guard let pid = slot.pid, reply.int == Int64(pid) else { continue }
+            apply(.ready(number: slot.number, pid: pid))
+        }
+    }
+
+    private func checkMemory() {
+        guard state.watchesMemory else { return }
+        for slot in state.slots.values.sorted(by: { $0.number < $1.number }) {
+            guard let pid = slot.pid, slot.afterExit == .restart else { continue }
+            apply(.memorySample(number: slot.number, pid: pid, rssKiB: ProcessProbe.rssKiB(pid)))
+        }
+    }
+
+    /// Enforces `timeouts.hard_limit` + grace on each worker's running job, for a worker too
+    /// wedged to do it itself: SIGKILL (its builds too); the replacement recovers the job.
+    private func checkStuck() async {
+        let watched = state.slots.values.filter { $0.pid != nil && $0.ready }
+        guard !watched.isEmpty else { return }
+        let keys = RedisKeys(namespace: config.redis.namespace, host: config.host)
+        let watchdog = StuckWatchdog(hardLimit: .seconds(config.timeouts.hardLimit), grace: settings.stuckGrace)
+        guard let beats = try? await redis.pipeline(watched.map { ["HMGET", keys.worker(vm: $0.vm), "pid", "job"] }) else { return }
+        var jobs: [(number: Int, pid: pid_t, job: String)] = []
+        for (slot, reply) in zip(watched, beats) {
+            guard let pid = slot.pid else { continue }
+            let fields = reply.array ?? []
+            var job = slot.watchedJob
+            if fields.count == 2, fields[0].int == Int64(pid) {
+                // A live heartbeat of this very process says what it runs (nothing: "").
+                job = fields[1].string.flatMap { $0.isEmpty ? nil : $0 }
+                apply(.jobSeen(number: slot.number, pid: pid, job: job))
+            }
+            if let job { jobs.append((slot.number, pid, job)) }
+        }
+        guard !jobs.isEmpty,
+              let started = try? await redis.pipeline(jobs.map { ["HGET", keys.job($0.job), "started_at"] }) else { return }
+        let now = Date()
+        for (watched, reply) in zip(jobs, started) {
+            guard case .kill(let elapsed) = watchdog.check(startedAt: reply.string.flatMap(Timestamp.parse), now: now) else { continue }
+            apply(.stuck(number: watched.number, pid: watched.pid, job: watched.job, elapsed: elapsed))
+        }
+    }
+}
