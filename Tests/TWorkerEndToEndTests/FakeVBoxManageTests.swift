@@ -206,8 +206,9 @@ struct FakeVBoxManageTests {
             expectLockError(try await fake.run(["modifyvm", "nat", "--natpf1", "x,tcp,127.0.0.1,\(port),,22"]), "nat")
             // controlvm natpf1 works while running, and the guest answers on the new port at once.
             expectSuccess(try await fake.run(["controlvm", "nat", "natpf1", "extra,tcp,127.0.0.1,\(port),,22"]))
-            #expect(try await fake.waitForSSH(port: second))
-            #expect(try await fake.waitForSSH(port: port))
+            let guestLog = { (try? String(contentsOfFile: fake.home + "/VirtualBox VMs/nat/sshd.log", encoding: .utf8)) ?? "(no sshd.log)" }
+            #expect(try await fake.waitForSSH(port: second), "\(guestLog())")
+            #expect(try await fake.waitForSSH(port: port), "\(guestLog())")
             expectSuccess(try await fake.run(["controlvm", "nat", "natpf1", "delete", "extra"]))
             let gone = try await fake.run(["controlvm", "nat", "natpf1", "delete", "extra"])
             expectError(gone, "A NAT rule of this name does not exist", code: "E_INVALIDARG", hex: "0x80070057")
