@@ -72,39 +72,14 @@ public final class Worker: Sendable {
     let heartbeat: Heartbeat
     let keys: RedisKeys
     let logger: Logger
-    /// What signals, cancels and the job loop change together, under one lock so that each
-    /// change is atomic: the stop request, the job in hand, its build and why it must stop.
-    private struct JobControl {
-        var stop: StopRequest = .none
-        var job: String?
+    /// The worker's bookkeeping, and beside it the running build, under one lock: noting why
+    /// the job in hand must stop and finding the build to stop are one step.
+    private struct Control {
+        var state: WorkerControlState
         var build: Task<BuildOutcome, Never>?
-        var interruption: Interruption?
-
-        /// Notes `why` for the job in hand; returns its build to cancel, if one runs.
-        mutating func interrupt(_ why: Interruption) -> Task<BuildOutcome, Never>? {
-            guard job != nil else { return nil }
-            // A stop outranks an abort or a cancel that arrives with it.
-            if interruption != .stop { interruption = why }
-            return build
-        }
     }
-    private let control = Mutex(JobControl())
-    private let paused = Mutex<Bool>(false)
+    private let control: Mutex<Control>
     let subscriptionRedis: RedisConnection?
-
-    /// Why a running build was stopped from outside.
-    enum Interruption: Sendable, Equatable {
-        /// TERM/INT: the worker is stopping; the job goes back to the head of the queue.
-        case stop
-        /// USR1: the operator aborts the running job; it goes back to the head of the queue.
-        case abort
-        /// `tworker cancel`: the job ends `cancelled` and is never requeued.
-        case cancel(String)
-    }
-    private let consecutiveFailures = Mutex<Int>(0)
-    /// How often this worker left each job it had failed to another worker.
-    private let stepBacks = Mutex<[String: Int]>([:])
-    private let maintenanceCheck = Mutex<(at: ContinuousClock.Instant?, held: Bool)>((nil, false))
 
     public init(settings: Settings, machine: any Machine, redis: RedisConnection, blockingRedis: RedisConnection,
                 subscriptionRedis: RedisConnection? = nil, logger: Logger) {
@@ -113,6 +88,7 @@ public final class Worker: Sendable {
         self.machine = machine
         self.redis = redis
         self.logger = logger
+        control = Mutex(Control(state: WorkerControlState(maxConsecutiveFailures: settings.maxConsecutiveFailures)))
         keys = RedisKeys(namespace: settings.namespace, host: settings.host)
         queue = WorkQueue(redis: redis, blockingRedis: blockingRedis, keys: keys, queue: settings.queue, vm: settings.vm, logger: logger)
         store = JobStore(redis: redis, keys: keys, retention: settings.retention, worker: settings.worker, logger: logger)
@@ -123,43 +99,52 @@ public final class Worker: Sendable {
 
     /// Asks the worker to stop; a stronger request overrides a weaker one.
     public func requestStop(_ request: StopRequest) {
-        let build = control.withLock { control -> Task<BuildOutcome, Never>? in
-            control.stop = max(control.stop, request)
-            return control.stop == .immediate ? control.interrupt(.stop) : nil
-        }
-        build?.cancel()
+        apply { $0.requestStop(request) }
     }
 
     /// USR1: stops the running build and puts its job back at the head of the queue; the worker goes on.
     public func abortCurrentJob() {
-        interrupt(.abort)
+        apply { $0.abortJob() }
     }
 
     /// USR2 / CONT: take no new jobs until resumed (a running job finishes).
     public func pause() {
-        paused.withLock { $0 = true }
+        control.withLock { $0.state.pause() }
     }
 
     public func resume() {
-        paused.withLock { $0 = false }
+        control.withLock { $0.state.resume() }
     }
 
-    var isPaused: Bool { paused.withLock { $0 } }
+    var isPaused: Bool { control.withLock { $0.state.paused } }
 
     /// Cancels job `id` if this worker holds it, whether its build runs yet or not.
     public func cancel(jobID id: String, reason: String) {
-        control.withLock { $0.job == id ? $0.interrupt(.cancel(reason)) : nil }?.cancel()
+        apply { $0.cancel(jobID: id, reason: reason) }
     }
 
-    /// Notes why the job in hand must stop and stops its build if one runs; a job whose
-    /// build has not started yet sees the note before starting it.
-    private func interrupt(_ why: Interruption) {
-        control.withLock { $0.interrupt(why) }?.cancel()
+    /// Feeds one signal to the state and carries out what it decides.
+    func handle(_ signal: WorkerSignal) {
+        apply { $0.received(signal) }
     }
 
-    var stopRequest: StopRequest { control.withLock { $0.stop } }
-    private var currentJob: String? { control.withLock { $0.job } }
-    private var isInterrupted: Bool { control.withLock { $0.interruption != nil } }
+    /// Changes the state under the lock, then carries out the effects outside it.
+    private func apply(_ change: (inout WorkerControlState) -> [WorkerEffect]) {
+        let (effects, build) = control.withLock { control in (change(&control.state), control.build) }
+        for effect in effects {
+            switch effect {
+            case .log(let level, let message):
+                logger.log(level: level, "\(message)")
+            case .cancelBuild:
+                build?.cancel()
+            case .exit(let code):
+                exit(code)
+            }
+        }
+    }
+
+    var stopRequest: StopRequest { control.withLock { $0.state.stop } }
+    private var currentJob: String? { control.withLock { $0.state.job } }
 
     /// Serves the queue until stopped (or, in burst mode, until it is empty).
     public func run() async throws {
@@ -234,20 +219,12 @@ public final class Worker: Sendable {
     /// so in its heartbeat. Checked at most every 250 ms, so a busy queue pays almost nothing.
     private func isInMaintenance() async throws -> Bool {
         let now = ContinuousClock.now
-        let cached = maintenanceCheck.withLock { check -> Bool? in
-            if let last = check.at, now - last < .milliseconds(250) { return check.held }
-            return nil
-        }
-        if let cached { return cached }
+        if let known = control.withLock({ $0.state.knownMaintenance(at: now) }) { return known }
         let reply = try await withRedisRetry(logger: logger, what: "check maintenance") {
             try await redis.send(["EXISTS", keys.maintenance(vm: settings.vm)])
         }
         let held = reply.int == 1
-        let was = maintenanceCheck.withLock { check -> Bool in
-            defer { check = (now, held) }
-            return check.held
-        }
-        if held != was {
+        if control.withLock({ $0.state.maintenanceChecked(held: held, at: now) }) {
             logger.info(held ? "VM in maintenance: taking no jobs" : "maintenance over: taking jobs again", metadata: ["vm": "\(settings.vm)"])
             await heartbeat.update(held ? .maintenance : .idle)
         }
@@ -257,18 +234,22 @@ public final class Worker: Sendable {
     /// While the VM is quarantined the worker takes no jobs; it returns to service once the
     /// quarantine key is gone.
     private func isQuarantined() async throws -> Bool {
-        guard consecutiveFailures.withLock({ $0 }) >= settings.maxConsecutiveFailures else { return false }
+        guard control.withLock({ $0.state.isBroken }) else { return false }
         let exists = try await withRedisRetry(logger: logger, what: "check quarantine") { try await redis.send(["EXISTS", keys.broken(vm: settings.vm)]) }
         if exists.int == 1 { return true }
-        consecutiveFailures.withLock { $0 = 0 }
+        control.withLock { $0.state.quarantineCleared() }
         logger.info("quarantine cleared; taking jobs again", metadata: ["vm": "\(settings.vm)"])
         await heartbeat.update(.idle, lastError: "")
         return false
     }
 
     private func recordInfrastructureFailure(_ message: String) async {
-        let count = consecutiveFailures.withLock { value in value += 1; return value }
-        guard count >= settings.maxConsecutiveFailures else { return }
+        guard let count = control.withLock({ $0.state.infrastructureFailed() }) else { return }
+        await quarantine(after: count, lastError: message)
+    }
+
+    /// Marks the VM `broken` in Redis, where operators and the master see it.
+    private func quarantine(after count: Int, lastError message: String) async {
         logger.error("VM quarantined after \(count) infrastructure errors in a row; restart the worker or rebuild the VM to clear it",
                      metadata: ["vm": "\(settings.vm)", "last_error": "\(message)"])
         _ = await persistently("quarantine \(settings.vm)") {
@@ -406,14 +387,11 @@ public final class Worker: Sendable {
     private func run(_ job: QueuedJob, raw: [UInt8]) async -> Bool {
         let id = job.payload.id
         // From here on a cancel for this job is honoured, even before its build starts.
-        control.withLock {
-            $0.job = id
-            $0.interruption = nil
-        }
+        control.withLock { $0.state.jobTaken(id) }
         let poller = Task { [self] in await pollCancellation(of: id) }
         defer {
             poller.cancel()
-            control.withLock { $0.job = nil }
+            control.withLock { $0.state.jobLeft() }
         }
         if await stepsBack(from: job, raw: raw) { return true }
 
@@ -472,7 +450,7 @@ public final class Worker: Sendable {
         try await receivedWritten
         if case .failure(let error) = prepared { return .infrastructure(error.message) }
         // A cancel, abort or stop that came while the machine got ready wins before the build starts.
-        if isInterrupted || stopRequest == .immediate { return .interrupted }
+        guard control.withLock({ $0.state.buildMayStart }) else { return .interrupted }
         try await store.started(id: id)
         return await runBuild(job, log: log)
     }
@@ -481,42 +459,35 @@ public final class Worker: Sendable {
     /// until Redis takes it, so a build that ran is never run again for want of a reply.
     private func conclude(_ job: QueuedJob, raw: [UInt8], outcome: BuildOutcome, log: LogStreamer) async -> Bool {
         let id = job.payload.id
-        if case .infrastructure(let message) = outcome {
-            await recordInfrastructureFailure(message)
-        } else if case .finished = outcome {
-            consecutiveFailures.withLock { $0 = 0 }
+        let conclusion = control.withLock { $0.state.conclude(outcome) }
+        if let count = conclusion.quarantineAfter, let message = conclusion.lastError {
+            await quarantine(after: count, lastError: message)
         }
-        let broken = consecutiveFailures.withLock { $0 } >= settings.maxConsecutiveFailures
-        let lastError: String? = if case .infrastructure(let message) = outcome { message } else { nil }
         // The worker's own state changes in the same transaction as the job's.
-        let afterwards = heartbeat.transition(to: broken ? .broken : .idle, lastError: lastError)
-        switch outcome {
+        let afterwards = heartbeat.transition(to: conclusion.afterwards, lastError: conclusion.lastError)
+        switch conclusion.ending {
         case .finished(let result, let exitCode, let message):
             if let message { await log.append("\n\n\(message)\n") }
             await log.append("\nDone. Your build exited with \(exitCode) (\(result.rawValue)).\n")
             return await finish(job, raw: raw, result: result, exitCode: exitCode, error: message, log: log, with: afterwards)
-        case .infrastructure(let message):
+        case .retryElsewhere(let message):
             await log.append("\n\nThe machine \(settings.vm) failed: \(message)\n")
             return await retryElsewhere(job, raw: raw, reason: message, log: log, with: afterwards)
-        case .interrupted:
-            let why = control.withLock { control in defer { control.interruption = nil }; return control.interruption } ?? .stop
-            switch why {
-            case .cancel(let reason):
-                await log.append("\n\nThe job was cancelled: \(reason)\n")
-                return await finish(job, raw: raw, state: .cancelled, exitCode: nil, error: reason, log: log, with: afterwards)
-            case .stop, .abort:
-                let message = why == .stop ? "The worker is stopping; the build was stopped and the job put back at the head of the queue."
-                    : "The build was aborted by the operator (USR1); the job was put back at the head of the queue."
-                await log.append("\n\n\(message)\n")
-                await log.drain()
-                let now = Timestamp.now()
-                let settled = await persistently("requeue job \(id)", holding: raw) {
-                    try await store.requeue(raw, id: id, fields: ["error": why == .stop ? "worker stopped" : "aborted by operator"],
-                                            event: .requeued, from: queue, alongWith: afterwards, at: now)
-                }
-                if settled { logger.info("job requeued", metadata: ["job": "\(id)", "why": "\(why)"]) }
-                return settled
+        case .cancelled(let reason):
+            await log.append("\n\nThe job was cancelled: \(reason)\n")
+            return await finish(job, raw: raw, state: .cancelled, exitCode: nil, error: reason, log: log, with: afterwards)
+        case .requeued(let why):
+            let message = why == .stop ? "The worker is stopping; the build was stopped and the job put back at the head of the queue."
+                : "The build was aborted by the operator (USR1); the job was put back at the head of the queue."
+            await log.append("\n\n\(message)\n")
+            await log.drain()
+            let now = Timestamp.now()
+            let settled = await persistently("requeue job \(id)", holding: raw) {
+                try await store.requeue(raw, id: id, fields: ["error": why == .stop ? "worker stopped" : "aborted by operator"],
+                                        event: .requeued, from: queue, alongWith: afterwards, at: now)
             }
+            if settled { logger.info("job requeued", metadata: ["job": "\(id)", "why": "\(why)"]) }
+            return settled
         }
     }
 
@@ -533,8 +504,7 @@ public final class Worker: Sendable {
         // Registered and checked in one step: a stop or cancel noted before this still stops it.
         let stopNow = control.withLock { control -> Bool in
             control.build = task
-            if control.stop == .immediate { _ = control.interrupt(.stop) }
-            return control.interruption != nil
+            return control.state.buildStarted()
         }
         if stopNow { task.cancel() }
         let outcome = await task.value
@@ -577,21 +547,16 @@ public final class Worker: Sendable {
     private func stepsBack(from job: QueuedJob, raw: [UInt8]) async -> Bool {
         let id = job.payload.id
         guard job.failedOn.contains(settings.worker) else { return false }
-        let count = stepBacks.withLock { $0[id, default: 0] }
-        guard count < Self.maxStepBacks, let other = try? await otherWorkerCanTake(job) else { return false }
+        guard control.withLock({ $0.state.mayStepBack(from: id) }), let other = try? await otherWorkerCanTake(job) else { return false }
         logger.info("this worker failed the job before; leaving it to another worker", metadata: ["job": "\(id)", "other": "\(other)"])
         let now = Timestamp.now()
         guard await persistently("put job \(id) back", holding: raw, { try await store.requeue(raw, id: id, event: nil, from: queue, at: now) })
         else { return true }
-        stepBacks.withLock { counts in
-            if counts.count > 1000 { counts.removeAll() }
-            counts[id, default: 0] += 1
-        }
+        control.withLock { $0.state.steppedBack(from: id) }
         try? await Task.sleep(for: Self.stepBackTime)
         return true
     }
 
-    static let maxStepBacks = 5
     static let stepBackTime: Duration = .seconds(2)
 
     /// A live worker serving the same queue that has not failed this job yet, if there is one.

@@ -1,5 +1,4 @@
 import Foundation
-import Logging
 import UnixSignals
 
 extension Worker {
@@ -11,29 +10,13 @@ extension Worker {
     public func handleSignals() async -> Task<Void, Never> {
         let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sigquit, .sigusr1, .sigusr2, .sigcont)
         return Task { [self] in
-            var immediateCount = 0
             for await signal in signals {
                 switch signal {
-                case .sigquit:
-                    logger.info("SIGQUIT: finishing the current job, then exiting")
-                    requestStop(.graceful)
-                case .sigusr1:
-                    logger.info("SIGUSR1: aborting the running job (requeued at the head); going on")
-                    abortCurrentJob()
-                case .sigusr2:
-                    logger.info("SIGUSR2: paused, taking no new jobs")
-                    pause()
-                case .sigcont:
-                    logger.info("SIGCONT: resumed")
-                    resume()
-                default:
-                    immediateCount += 1
-                    if immediateCount > 1 {
-                        logger.warning("second \(signal): exiting at once; the job stays in the processing list for recovery")
-                        exit(1)
-                    }
-                    logger.info("\(signal): stopping the build and requeueing its job")
-                    requestStop(.immediate)
+                case .sigquit: handle(.finishThenExit)
+                case .sigusr1: handle(.abortJob)
+                case .sigusr2: handle(.pause)
+                case .sigcont: handle(.resume)
+                default: handle(.stopNow("\(signal)"))
                 }
             }
         }
