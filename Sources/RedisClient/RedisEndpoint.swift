@@ -1,3 +1,5 @@
+import Foundation
+
 /// Where and how to reach one Redis server (TCP or unix socket, credentials, database).
 public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
     /// The transport address of the server.
@@ -52,7 +54,9 @@ public struct RedisURLError: Error, Sendable, Equatable, CustomStringConvertible
     init(_ message: String) { self.message = message }
 }
 
-/// Hand-written parser: Foundation's URL accepts too much and its errors say nothing useful.
+/// URLComponents decomposes the URL; the checks around it cover what it returns nil for or
+/// quietly accepts (a stray '%' re-encoded as "%25", an empty or out-of-range port, a fragment),
+/// so that every error names the problem in one line.
 private struct RedisURLParser {
     let url: String
     /// The URL with any password replaced, so errors can quote it safely.
@@ -69,137 +73,110 @@ private struct RedisURLParser {
         if url.hasPrefix("rediss://") {
             throw fail("'\(shown)' uses TLS (rediss://), which is not supported")
         }
-        let isUnix: Bool
-        let rest: Substring
-        if url.hasPrefix("redis://") {
-            isUnix = false
-            rest = url.dropFirst("redis://".count)
-        } else if url.hasPrefix("unix://") {
-            isUnix = true
-            rest = url.dropFirst("unix://".count)
-        } else {
+        // Exact, case-sensitive prefixes (URLComponents would take "REDIS:" or "redis:host").
+        let isUnix = url.hasPrefix("unix://")
+        guard isUnix || url.hasPrefix("redis://") else {
             throw fail("'\(shown)' is not a redis:// or unix:// URL")
         }
-        if rest.contains("#") {
+        if url.contains("#") {
             throw fail("'\(shown)' must not contain a fragment ('#')")
         }
-        if rest.contains(where: { $0 == " " || $0 == "\t" || $0 == "\n" }) {
+        if url.contains(where: { $0 == " " || $0 == "\t" || $0 == "\n" }) {
             throw fail("'\(shown)' contains whitespace")
         }
+        try checkPercentEscapes()
+        let hostPort = Self.authority(of: url).hostPort
+        guard let components = URLComponents(string: url) else { throw whyRejected(hostPort) }
 
-        // Split "authority/path?query".
-        let beforeQuery: Substring
-        var query: Substring?
-        if let q = rest.firstIndex(of: "?") {
-            beforeQuery = rest[..<q]
-            query = rest[rest.index(after: q)...]
-        } else {
-            beforeQuery = rest
-        }
-        let authority: Substring
-        let path: Substring
-        if let slash = beforeQuery.firstIndex(of: "/") {
-            authority = beforeQuery[..<slash]
-            path = beforeQuery[slash...]
-        } else {
-            authority = beforeQuery
-            path = ""
-        }
-
-        // Userinfo: everything before the last '@' of the authority.
         var username: String?
         var password: String?
-        let hostPart: Substring
-        if let at = authority.lastIndex(of: "@") {
-            let userinfo = authority[..<at]
-            hostPart = authority[authority.index(after: at)...]
-            guard let colon = userinfo.firstIndex(of: ":") else {
+        if let user = components.percentEncodedUser {
+            guard let pass = components.percentEncodedPassword else {
                 throw fail("'\(shown)' has credentials without a password; write ':password@' or 'user:password@'")
             }
-            let user = try decode(userinfo[..<colon], what: "user")
-            let pass = try decode(userinfo[userinfo.index(after: colon)...], what: "password")
-            username = user.isEmpty ? nil : user
-            password = pass.isEmpty ? nil : pass
-        } else {
-            hostPart = authority
+            let decodedUser = try decode(user, what: "user")
+            let decodedPass = try decode(pass, what: "password")
+            username = decodedUser.isEmpty ? nil : decodedUser
+            password = decodedPass.isEmpty ? nil : decodedPass
         }
 
         var database: Int?
-        if let query {
-            for pair in query.split(separator: "&", omittingEmptySubsequences: true) {
-                let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                let key = parts[0]
-                let value = parts.count > 1 ? parts[1] : ""
-                switch key {
-                case "db":
-                    if database != nil { throw fail("'\(shown)' gives the database twice") }
-                    database = try parseDatabase(value)
-                case "password":
-                    if password != nil { throw fail("'\(shown)' gives the password twice") }
-                    let pass = try decode(value, what: "password")
-                    password = pass.isEmpty ? nil : pass
-                default:
-                    throw fail("'\(shown)' has unknown query parameter '\(key)' (known: db, password)")
-                }
+        for item in components.percentEncodedQueryItems ?? [] where !(item.name.isEmpty && item.value == nil) {
+            let value = item.value ?? ""
+            switch item.name {
+            case "db":
+                if database != nil { throw fail("'\(shown)' gives the database twice") }
+                database = try parseDatabase(Substring(value))
+            case "password":
+                if password != nil { throw fail("'\(shown)' gives the password twice") }
+                let pass = try decode(value, what: "password")
+                password = pass.isEmpty ? nil : pass
+            default:
+                throw fail("'\(shown)' has unknown query parameter '\(item.name)' (known: db, password)")
             }
         }
 
+        let path = components.path
+        let host = components.host ?? ""
         let address: RedisEndpoint.Address
         if isUnix {
-            guard hostPart.isEmpty else {
+            guard host.isEmpty else {
                 throw fail("'\(shown)' names a host; a unix URL looks like unix:///path/to/redis.sock")
             }
             guard path.count > 1, !path.hasSuffix("/") else {
                 throw fail("'\(shown)' has no socket path; a unix URL looks like unix:///path/to/redis.sock")
             }
-            address = .unix(path: String(path))
+            address = .unix(path: path)
         } else {
-            address = try parseHostPort(hostPart)
+            guard !host.isEmpty else { throw fail("'\(shown)' has no host") }
+            // URLComponents keeps the brackets of an IPv6 literal; getaddrinfo wants it bare.
+            let bare = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
+            address = .tcp(host: bare, port: try parsePort(hostPort))
             if path.count > 1 {
                 if database != nil { throw fail("'\(shown)' gives the database twice") }
-                database = try parseDatabase(path.dropFirst())
+                database = try parseDatabase(Substring(path.dropFirst()))
             }
         }
         return RedisEndpoint(address: address, password: password, database: database ?? 0, username: username)
     }
 
-    private func parseHostPort(_ text: Substring) throws -> RedisEndpoint.Address {
-        var host: Substring
-        var portText: Substring?
-        if text.hasPrefix("[") {
-            // Bracketed IPv6 literal, e.g. [::1]:6379.
-            guard let close = text.firstIndex(of: "]") else {
-                throw fail("'\(shown)' has an unclosed '[' in the host")
-            }
-            host = text[text.index(after: text.startIndex)..<close]
-            let after = text[text.index(after: close)...]
-            if !after.isEmpty {
-                guard after.hasPrefix(":") else { throw fail("'\(shown)' has junk after the IPv6 host") }
-                portText = after.dropFirst()
-            }
-        } else {
-            let colons = text.filter { $0 == ":" }.count
-            if colons > 1 {
-                throw fail("'\(shown)' has more than one ':' in host:port (put IPv6 hosts in brackets)")
-            }
-            if let colon = text.firstIndex(of: ":") {
-                host = text[..<colon]
-                portText = text[text.index(after: colon)...]
-            } else {
-                host = text
-            }
+    /// The raw `user:password` and `host:port` parts. URLComponents hides the port's text when
+    /// it is empty or out of range, and says nothing when it rejects a URL.
+    static func authority(of url: String) -> (userinfo: Substring?, hostPort: Substring) {
+        guard let schemeEnd = url.range(of: "://") else { return (nil, "") }
+        let rest = url[schemeEnd.upperBound...]
+        let authority = rest[..<(rest.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? rest.endIndex)]
+        guard let at = authority.lastIndex(of: "@") else { return (nil, authority) }
+        return (authority[..<at], authority[authority.index(after: at)...])
+    }
+
+    /// The port of a `host:port` text, 6379 when absent.
+    private func parsePort(_ hostPort: Substring) throws -> Int {
+        let afterHost = hostPort.hasPrefix("[") ? hostPort[(hostPort.firstIndex(of: "]") ?? hostPort.startIndex)...].dropFirst() : hostPort
+        guard let colon = afterHost.firstIndex(of: ":") else { return 6379 }
+        let portText = afterHost[afterHost.index(after: colon)...]
+        guard !portText.isEmpty, portText.allSatisfy(\.isASCIIDigit), portText.count <= 5,
+              let value = Int(portText), (1...65535).contains(value)
+        else {
+            throw fail("'\(shown)' has port '\(portText)', which is not in 1-65535")
         }
-        guard !host.isEmpty else { throw fail("'\(shown)' has no host") }
-        var port = 6379
-        if let portText {
-            guard !portText.isEmpty, portText.allSatisfy(\.isASCIIDigit), portText.count <= 5,
-                  let value = Int(portText), (1...65535).contains(value)
-            else {
-                throw fail("'\(shown)' has port '\(portText)', which is not in 1-65535")
+        return value
+    }
+
+    /// Why URLComponents refused the URL, in the terms of the one part that is wrong.
+    private func whyRejected(_ hostPort: Substring) -> RedisURLError {
+        if hostPort.hasPrefix("[") {
+            guard let close = hostPort.firstIndex(of: "]") else {
+                return fail("'\(shown)' has an unclosed '[' in the host")
             }
-            port = value
+            if !hostPort[hostPort.index(after: close)...].hasPrefix(":") {
+                return fail("'\(shown)' has junk after the IPv6 host")
+            }
+        } else if hostPort.filter({ $0 == ":" }).count > 1 {
+            return fail("'\(shown)' has more than one ':' in host:port (put IPv6 hosts in brackets)")
         }
-        return .tcp(host: String(host), port: port)
+        do { _ = try parsePort(hostPort) } catch { return error as? RedisURLError ?? fail("'\(shown)' is not a valid URL") }
+        return fail("'\(shown)' is not a valid URL")
     }
 
     private func parseDatabase(_ text: Substring) throws -> Int {
@@ -209,34 +186,38 @@ private struct RedisURLParser {
         return value
     }
 
-    /// Percent-decodes one URL component; bad escapes or bad UTF-8 are errors, not silently kept.
-    private func decode(_ text: Substring, what: String) throws -> String {
-        var bytes: [UInt8] = []
-        var iterator = Array(text.utf8).makeIterator()
-        while let byte = iterator.next() {
-            if byte == UInt8(ascii: "%") {
-                guard let high = iterator.next().flatMap(Self.hexValue),
-                      let low = iterator.next().flatMap(Self.hexValue)
-                else {
-                    throw fail("'\(shown)' has a bad percent-escape in the \(what)")
-                }
-                bytes.append(high << 4 | low)
-            } else {
-                bytes.append(byte)
+    /// A '%' without two hex digits is an error, not a literal: URLComponents would quietly
+    /// re-encode it as "%25" and the server would see a different password.
+    private func checkPercentEscapes() throws {
+        let bytes = Array(url.utf8)
+        for (i, byte) in bytes.enumerated() where byte == UInt8(ascii: "%") {
+            let hex = bytes.dropFirst(i + 1).prefix(2)
+            if hex.count == 2, hex.allSatisfy({ Self.isHexDigit($0) }) { continue }
+            // Name the part: in the credentials, the user ends at the first ':'.
+            var what = "URL"
+            let offset = url.utf8.index(url.utf8.startIndex, offsetBy: i)
+            if let userinfo = Self.authority(of: url).userinfo, userinfo.startIndex <= offset, offset < userinfo.endIndex {
+                what = userinfo[..<offset].contains(":") ? "password" : "user"
+            } else if let query = url.firstIndex(of: "?"), query < offset {
+                let pair = url[..<offset].split(whereSeparator: { $0 == "?" || $0 == "&" }).last ?? ""
+                what = pair.hasPrefix("password=") ? "password" : "query"
             }
+            throw fail("'\(shown)' has a bad percent-escape in the \(what)")
         }
-        guard let decoded = String(validating: bytes, as: UTF8.self) else {
+    }
+
+    /// Percent-decodes one component (escapes already checked); bad UTF-8 is an error.
+    private func decode(_ text: String, what: String) throws -> String {
+        guard let decoded = text.removingPercentEncoding else {
             throw fail("'\(shown)' has a \(what) that is not UTF-8 after percent-decoding")
         }
         return decoded
     }
 
-    private static func hexValue(_ byte: UInt8) -> UInt8? {
+    private static func isHexDigit(_ byte: UInt8) -> Bool {
         switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
-        default: nil
+        case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "f"), UInt8(ascii: "A")...UInt8(ascii: "F"): true
+        default: false
         }
     }
 
