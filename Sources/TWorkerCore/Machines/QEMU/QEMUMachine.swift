@@ -15,7 +15,7 @@ public final class QEMUMachine: Machine {
     public let directory: String
     public let overlay: String
     let settings: QEMUProvider.Settings
-    let target: SSHTarget
+    public let target: SSHTarget
     let process: QEMUProcess
     let runner: any ProgramRunning
     let logger: Logger
@@ -83,10 +83,18 @@ public final class QEMUMachine: Machine {
     /// A qemu a killed worker left behind is stopped (its build with it); the next `prepare`
     /// starts the VM again from `sandbox`.
     public func killLeftovers() async {
-        await dropConnection()
-        if let pid = await process.stop() {
+        // The VM this process started and still talks to is no leftover.
+        if state.withLock({ $0.qmp != nil }), process.runningPID() != nil { return }
+        if let pid = await stopQEMU() {
             logger.warning("stopped the qemu a previous worker left running", metadata: ["vm": "\(vmName)", "pid": "\(pid)"])
         }
+    }
+
+    /// Stops our qemu, whoever started it.
+    @discardableResult
+    private func stopQEMU() async -> pid_t? {
+        await dropConnection()
+        return await process.stop()
     }
 
     /// Stops the VM: a worker that exits leaves no qemu behind.
@@ -134,7 +142,9 @@ public final class QEMUMachine: Machine {
     /// Starts qemu from the overlay's `sandbox` (`-loadvm`), making the overlay and the
     /// snapshot first when they are missing. A qemu of ours still running is stopped first.
     private func startFromSandbox() async throws {
-        await killLeftovers()
+        if let pid = await stopQEMU() {
+            logger.warning("stopped a qemu of this VM that tworker no longer controlled", metadata: ["vm": "\(vmName)", "pid": "\(pid)"])
+        }
         if try await hasSandbox() {
             try await launch(loadSnapshot: QEMUProvider.sandboxSnapshot)
             // A guest started from a snapshot runs unless qemu was told otherwise.
@@ -155,8 +165,10 @@ public final class QEMUMachine: Machine {
 
     /// A fresh overlay on the base, a first boot, and `savevm sandbox` once SSH answers; the
     /// VM is left running at the snapshot. `step` names each step (import prints them).
-    public func createSandbox(step: (String, () async throws -> Void) async throws -> Void = { _, body in try await body() }) async throws {
-        await killLeftovers()
+    /// `provision` runs once SSH answers, before the snapshot (import runs the provision scripts there).
+    public func createSandbox(step: (String, () async throws -> Void) async throws -> Void = { _, body in try await body() },
+                              provision: (SSHTarget) async throws -> Void = { _ in }) async throws {
+        await stopQEMU()
         guard FileManager.default.fileExists(atPath: settings.baseImage) else {
             throw InfrastructureError("vms.base_image \(settings.baseImage) does not exist (boxes/qemu/build-test-image DIR makes a small one)")
         }
@@ -170,6 +182,7 @@ public final class QEMUMachine: Machine {
         }
         try await step("boot (\(settings.accel))") { try await launch(loadSnapshot: nil) }
         try await step("wait for SSH") { try await waitForSSH() }
+        try await provision(target)
         try await step("savevm \(QEMUProvider.sandboxSnapshot)") {
             guard let qmp = state.withLock({ $0.qmp }) else { throw InfrastructureError("no QMP connection to \(vmName)") }
             try await qmp.humanMonitor("savevm \(QEMUProvider.sandboxSnapshot)", timeout: settings.qemuTimeout)

@@ -1,0 +1,120 @@
+import Foundation
+import Logging
+import Testing
+import TWorkerCore
+import TWorkerTestSupport
+
+/// `provider: qemu` against real qemu under software emulation: the test guest of
+/// `boxes/qemu/build-test-image`, one VM at a time, one sandbox reused across the cycle.
+@Suite(.tags(.endToEnd), .serialized, .enabled(if: QEMUGuest.installed,
+        "qemu-system-x86_64 and qemu-img are not installed (apt-get install qemu-system-x86 qemu-utils)"))
+struct QEMUProviderEndToEndTests {
+    /// A test host whose config is the image's `worker.yml` merged over a qemu test config.
+    static func withQEMUHost(_ body: (TestHost, Int) async throws -> Void) async throws {
+        let scratch = try TempDirectory(prefix: "tworker-qemu-image")
+        defer { scratch.remove() }
+        _ = try await QEMUGuest.buildImage(scratch: scratch.path)
+        let portBase = try VirtualBoxHost.freePortBase(count: 2)
+        let extra = """
+        vms:
+          name_prefix: tworker-qemutest-
+          memory: 256
+        ssh:
+          port_base: \(portBase)
+        qemu:
+          accel: tcg
+        timeouts:
+          vm_boot: 180
+          qemu: 120
+        limits:
+          max_attempts: 3
+        """
+        try await TestHost.with(config: extra) { host in
+            // The operator's file: the image's fragment as the script wrote it, choosing the provider.
+            let fragment = try String(contentsOfFile: QEMUGuest.imageDirectory + "/worker.yml", encoding: .utf8)
+            try (fragment + "provider: qemu\n").write(toFile: host.configDir + "/worker.yml", atomically: true, encoding: .utf8)
+            try await body(host, portBase)
+        }
+    }
+
+    static func seconds(_ duration: Duration) -> String {
+        String(format: "%.2f s", Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18)
+    }
+
+    @Test(.timeLimit(.minutes(10)))
+    func jobsRunInARealVMRestoredFromSandboxEachTime() async throws {
+        try await Self.withQEMUHost { host, _ in
+            let config = try host.config()
+            let provider = QEMUProvider(config: config, logger: Logger(label: "test-qemu"))
+            let machine = try provider.qemuMachine(named: "worker-1")
+            defer { if let pid = machine.pid { kill(pid, SIGKILL) } }
+
+            // The sandbox is taken with the guest's clock 10 minutes behind: a job must still see the host's time.
+            let importStarted = ContinuousClock.now
+            try await machine.createSandbox(provision: { target in
+                var command = ProgramCommand.ssh(target, remoteCommand: ["date -s @\(Int(Date().timeIntervalSince1970) - 600) >/dev/null"])
+                command.timeout = .seconds(60)
+                try await ProgramRunner().run(command)
+            })
+            let bootToSandbox = ContinuousClock.now - importStarted
+            try await machine.release()
+            #expect(try await machine.hasSandbox())
+
+            let first = try await host.push(script: ["echo clock:$(date +%s)", "echo job >/root/marker", "echo job >/tmp/marker"])
+            let second = try await host.push(script: ["if ls /root/marker /tmp/marker 2>/dev/null; then exit 7; fi", "echo clean"])
+            let worker = try host.makeWorker(machine: machine) { $0.burst = true }
+            let before = Date().timeIntervalSince1970
+            let jobsStarted = ContinuousClock.now
+            try await worker.run()
+            let twoJobs = ContinuousClock.now - jobsStarted
+            let after = Date().timeIntervalSince1970
+
+            let firstLog = try await host.log(first).text
+            #expect(try await host.record(first)["state"] == "passed", "\(firstLog)")
+            let clock = firstLog.split(separator: "\n").first { $0.hasPrefix("clock:") }.flatMap { Double($0.dropFirst(6)) }
+            #expect(clock.map { $0 >= before - 2 && $0 <= after + 2 } == true,
+                    "the guest's clock is the host's at job start: guest \(String(describing: clock)), host \(before)...\(after)")
+            let secondLog = try await host.log(second).text
+            #expect(try await host.record(second)["state"] == "passed", "the first job's files are gone: \(secondLog)")
+            #expect(secondLog.contains("clean"))
+
+            // Reset-to-SSH: release (loadvm + stop) then prepare (cont, SSH, clock) as the next job sees it.
+            var resets: [Duration] = []
+            for _ in 0..<3 {
+                let started = ContinuousClock.now
+                try await machine.release()
+                try await machine.prepare()
+                resets.append(ContinuousClock.now - started)
+            }
+            try await machine.release()
+
+            // SIGKILL of qemu mid-build: the job is requeued, and the next attempt (a new qemu
+            // started from the sandbox) passes.
+            let killed = try await host.push(script: ["echo started", "sleep 5", "echo finished"])
+            let killer = Task {
+                for _ in 0..<600 {
+                    if (try? await host.log(killed).text.contains("started")) == true, let pid = machine.pid {
+                        kill(pid, SIGKILL)
+                        return pid
+                    }
+                    try? await Task.sleep(for: .milliseconds(50))
+                }
+                return pid_t(0)
+            }
+            let requeueWorker = try host.makeWorker(machine: machine) { $0.burst = true }
+            try await requeueWorker.run()
+            let killedPID = await killer.value
+            #expect(killedPID > 0, "the build started and its qemu was killed")
+            let record = try await host.record(killed)
+            let killedLog = try await host.log(killed).text
+            #expect(record["state"] == "passed", "\(record) \(killedLog)")
+            #expect(record["attempts"] == "2", "\(record)")
+            #expect(killedLog.contains("qemu"), "the first attempt's failure names qemu: \(killedLog)")
+
+            await machine.shutdown()
+            #expect(machine.pid == nil, "no qemu is left running after shutdown")
+            print("qemu provider figures: boot to sandbox \(Self.seconds(bootToSandbox)), two jobs \(Self.seconds(twoJobs)), "
+                  + "reset-to-SSH \(resets.map(Self.seconds))")
+        }
+    }
+}
