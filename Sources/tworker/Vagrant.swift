@@ -17,6 +17,16 @@ struct Vagrant: AsyncParsableCommand {
     )
 }
 
+/// `tworker vms ...`: the same command group under a provider-neutral name (virtualbox and qemu).
+struct VMs: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vms",
+        abstract: "Build and maintain the worker VMs (virtualbox or qemu): import, rebuild, reprovision, status, remove.",
+        discussion: Vagrant.configuration.discussion + " `tworker vagrant ...` is the same group.",
+        subcommands: Vagrant.configuration.subcommands
+    )
+}
+
 /// Shared set-up of the lifecycle commands.
 struct LifecycleContext {
     let config: WorkerConfig
@@ -69,7 +79,11 @@ extension Vagrant {
     struct Import: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Create the base VM from vms.base_box (once) and every worker VM that does not exist yet.",
-            discussion: "Workers are linked clones of the base's snapshot: N workers cost one disk. Running it twice changes nothing."
+            discussion: """
+            Workers are linked clones of the base's snapshot: N workers cost one disk. Running it twice changes nothing. \
+            provider: qemu: each worker gets a qcow2 overlay on vms.base_image, boots, runs the provision scripts and \
+            takes its online snapshot sandbox.
+            """
         )
         @OptionGroup var global: GlobalOptions
 
