@@ -15,10 +15,18 @@ struct QEMUProviderEndToEndTests {
         defer { scratch.remove() }
         _ = try await QEMUGuest.buildImage(scratch: scratch.path)
         let portBase = try VirtualBoxHost.freePortBase(count: 2)
+        // A provision script of the test's own, run by import before the snapshot.
+        let provisionDir = scratch.path + "/vagrant"
+        try FileManager.default.createDirectory(atPath: provisionDir + "/provision", withIntermediateDirectories: true)
+        try "echo provisioned >/etc/provisioned\n".write(toFile: provisionDir + "/provision/guest.sh", atomically: true, encoding: .utf8)
         let extra = """
         vms:
           name_prefix: tworker-qemutest-
           memory: 256
+          count: 2
+          provision: [guest.sh]
+        vagrant:
+          directory: \(provisionDir)
         ssh:
           port_base: \(portBase)
         qemu:
@@ -115,6 +123,69 @@ struct QEMUProviderEndToEndTests {
             #expect(machine.pid == nil, "no qemu is left running after shutdown")
             print("qemu provider figures: boot to sandbox \(Self.seconds(bootToSandbox)), two jobs \(Self.seconds(twoJobs)), "
                   + "reset-to-SSH \(resets.map(Self.seconds))")
+        }
+    }
+
+    /// `tworker vms import` makes 2 overlays on one base; a worker killed with SIGKILL leaves its
+    /// qemu running, and the restarted worker stops it before it takes jobs.
+    @Test(.timeLimit(.minutes(10)))
+    func importTwoWorkersAndRestartAKilledWorker() async throws {
+        try await Self.withQEMUHost { host, _ in
+            let config = try host.config()
+            let provider = QEMUProvider(config: config, logger: Logger(label: "test-qemu"))
+            let machines = try (1...2).map { try provider.qemuMachine(named: "worker-\($0)") }
+            var strays: [pid_t] = []
+            defer {
+                // Whatever failed above, nothing of this test keeps running (stopped by PID).
+                for pid in strays + machines.compactMap(\.pid) { kill(pid, SIGKILL) }
+            }
+            let cli = ["--env", "test", "--config-dir", host.configDir]
+            let importStarted = ContinuousClock.now
+            let imported = try await host.cli(["vms", "import"] + cli)
+            let importTook = ContinuousClock.now - importStarted
+            #expect(imported.status == 0, "\(imported.out)\n\(imported.err)")
+            for machine in machines {
+                #expect(try await machine.hasSandbox(), "\(machine.vmName) has its sandbox: \(imported.out)")
+                #expect(machine.pid == nil, "import stops the VMs it made")
+                let info = try await ProgramRunner().run(.qemuImg(.info(image: machine.overlay), executable: "qemu-img", timeout: .seconds(30)))
+                #expect(info.stdout.contains("\"backing-filename\": \"\(config.vms.baseImage!)\""), "an overlay on the one base: \(info.stdout)")
+            }
+            #expect(imported.out.contains("provision guest.sh"), "\(imported.out)")
+            let again = try await host.cli(["vagrant", "import"] + cli)
+            #expect(again.status == 0 && again.out.contains("skipped"), "a second import changes nothing: \(again.out)")
+            let status = try await host.cli(["vms", "status", "--json"] + cli)
+            #expect(status.status == 0 && status.out.components(separatedBy: "\"snapshot\" : true").count == 3, "\(status.out)\n\(status.err)")
+
+            // A worker serves a job; killed with SIGKILL, it leaves its qemu behind.
+            let first = try await host.push(script: ["cat /etc/provisioned"])
+            let worker = try host.spawnWorker(vm: "worker-1")
+            var state = ""
+            for _ in 0..<1200 where state != "passed" {
+                state = try await host.record(first)["state"] ?? ""
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            let firstLog = try await host.log(first).text
+            #expect(state == "passed", "\(firstLog)")
+            #expect(firstLog.contains("provisioned"), "the provision script ran before the snapshot: \(firstLog)")
+            let stray = try #require(machines[0].pid, "the worker's qemu runs")
+            strays.append(stray)
+            await worker.kill9()
+            #expect(machines[0].pid == stray, "SIGKILL of the worker leaves its qemu running")
+
+            // The restarted worker stops the stray before it takes jobs, and stops its own VM on exit.
+            let second = try await host.push(script: ["echo again"])
+            let restarted = try host.spawnWorker(vm: "worker-1", arguments: ["--burst"])
+            let exit = await restarted.waitForExit(timeout: .seconds(180))
+            #expect(exit == 0)
+            let secondLog = try await host.log(second).text
+            #expect(try await host.record(second)["state"] == "passed", "\(secondLog)")
+            #expect(!QEMUProcess.isAlive(stray), "the stray qemu (pid \(stray)) was stopped")
+            #expect(machines[0].pid == nil, "a worker that exits stops its VM")
+            print("qemu import figures: 2 workers \(Self.seconds(importTook))")
+
+            let removed = try await host.cli(["vms", "remove", "--yes"] + cli)
+            #expect(removed.status == 0, "\(removed.out)\n\(removed.err)")
+            for machine in machines { #expect(!FileManager.default.fileExists(atPath: machine.overlay)) }
         }
     }
 }

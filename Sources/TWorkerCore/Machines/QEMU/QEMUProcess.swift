@@ -2,7 +2,7 @@ import Foundation
 
 /// A qemu process of tworker's: found by its pid file, and signalled only when its command line
 /// carries tworker's `-name` for that VM (a pid file can outlive its process, and the pid be reused).
-struct QEMUProcess: Sendable {
+public struct QEMUProcess: Sendable {
     let pidFile: String
     let name: String
 
@@ -22,7 +22,7 @@ struct QEMUProcess: Sendable {
     }
 
     /// A zombie counts as gone: with `-daemonize` qemu's parent is init, which may be slow to reap.
-    static func isAlive(_ pid: pid_t) -> Bool {
+    public static func isAlive(_ pid: pid_t) -> Bool {
         guard kill(pid, 0) == 0 || errno == EPERM else { return false }
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
               let close = stat.lastIndex(of: ")") else { return true }
