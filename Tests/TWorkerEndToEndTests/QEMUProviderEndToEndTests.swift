@@ -188,4 +188,17 @@ struct QEMUProviderEndToEndTests {
             for machine in machines { #expect(!FileManager.default.fileExists(atPath: machine.overlay)) }
         }
     }
+
+    /// qemu that will not start: an infrastructure error in qemu's own words, and no process left.
+    @Test func aQEMUThatWillNotStartSaysWhy() async throws {
+        try await Self.withQEMUHost { host, _ in
+            var config = try host.config()
+            config.qemu.extraArgs = ["-no-such-option"]
+            let machine = try QEMUProvider(config: config, logger: Logger(label: "test-qemu")).qemuMachine(named: "worker-1")
+            let error = await #expect(throws: InfrastructureError.self) { try await machine.prepare() }
+            #expect(error?.message.contains("qemu for VM tworker-qemutest-worker-1 failed to start") == true, "\(String(describing: error))")
+            #expect(error?.message.contains("-no-such-option: invalid option") == true, "qemu's own message: \(String(describing: error))")
+            #expect(machine.pid == nil)
+        }
+    }
 }
