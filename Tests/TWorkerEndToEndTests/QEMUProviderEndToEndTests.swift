@@ -88,7 +88,8 @@ struct QEMUProviderEndToEndTests {
 
             // Reset-to-SSH: release (loadvm + stop) then prepare (cont, SSH, clock) as the next job sees it.
             var resets: [Duration] = []
-            for _ in 0..<3 {
+            let cycles = ProcessInfo.processInfo.environment["TWORKER_QEMU_RESET_CYCLES"].flatMap(Int.init) ?? 5
+            for _ in 0..<cycles {
                 let started = ContinuousClock.now
                 try await machine.release()
                 try await machine.prepare()
@@ -121,8 +122,10 @@ struct QEMUProviderEndToEndTests {
 
             await machine.shutdown()
             #expect(machine.pid == nil, "no qemu is left running after shutdown")
+            let sorted = resets.sorted()
             print("qemu provider figures: boot to sandbox \(Self.seconds(bootToSandbox)), two jobs \(Self.seconds(twoJobs)), "
-                  + "reset-to-SSH \(resets.map(Self.seconds))")
+                  + "reset-to-SSH (loadvm, stop, cont, SSH banner, clock set) p50 \(Self.seconds(sorted[sorted.count / 2])) "
+                  + "max \(Self.seconds(sorted.last!)) over \(sorted.count)")
         }
     }
 
@@ -198,6 +201,32 @@ struct QEMUProviderEndToEndTests {
             let error = await #expect(throws: InfrastructureError.self) { try await machine.prepare() }
             #expect(error?.message.contains("qemu for VM tworker-qemutest-worker-1 failed to start") == true, "\(String(describing: error))")
             #expect(error?.message.contains("-no-such-option: invalid option") == true, "qemu's own message: \(String(describing: error))")
+            #expect(machine.pid == nil)
+        }
+    }
+
+    /// A QMP command that fails: the infrastructure error carries qemu's message, and the next
+    /// `prepare` starts over (here: makes the missing sandbox again).
+    @Test(.timeLimit(.minutes(5)))
+    func aFailedLoadvmIsReportedWithQEMUsMessage() async throws {
+        try await Self.withQEMUHost { host, _ in
+            var config = try host.config()
+            // A second QMP socket for the test: qemu lets one client at a time on each.
+            let side = host.stateDir + "/side-qmp.sock"
+            config.qemu.extraArgs = ["-qmp", "unix:\(side),server=on,wait=off"]
+            let machine = try QEMUProvider(config: config, logger: Logger(label: "test-qemu")).qemuMachine(named: "worker-1")
+            defer { if let pid = machine.pid { kill(pid, SIGKILL) } }
+            try await machine.prepare()
+            let qmp = try await QMPClient.connect(path: side, timeout: .seconds(30))
+            try await qmp.humanMonitor("delvm \(QEMUProvider.sandboxSnapshot)", timeout: .seconds(60))
+            await qmp.close()
+            let error = await #expect(throws: InfrastructureError.self) { try await machine.release() }
+            #expect(error?.message.contains("loadvm sandbox") == true, "\(String(describing: error))")
+            #expect(error?.message.contains("sandbox") == true && error?.message.lowercased().contains("snapshot") == true,
+                    "qemu's own words: \(String(describing: error))")
+            try await machine.prepare()
+            #expect(try await machine.hasSandbox(), "the next prepare made the sandbox again")
+            await machine.shutdown()
             #expect(machine.pid == nil)
         }
     }

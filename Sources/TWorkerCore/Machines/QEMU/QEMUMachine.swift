@@ -143,7 +143,7 @@ public final class QEMUMachine: Machine {
     /// snapshot first when they are missing. A qemu of ours still running is stopped first.
     private func startFromSandbox() async throws {
         if let pid = await stopQEMU() {
-            logger.warning("stopped a qemu of this VM that tworker no longer controlled", metadata: ["vm": "\(vmName)", "pid": "\(pid)"])
+            logger.warning("stopped this VM's qemu to start it again from its sandbox", metadata: ["vm": "\(vmName)", "pid": "\(pid)"])
         }
         if try await hasSandbox() {
             try await launch(loadSnapshot: QEMUProvider.sandboxSnapshot)
