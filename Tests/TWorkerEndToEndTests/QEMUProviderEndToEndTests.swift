@@ -186,6 +186,20 @@ struct QEMUProviderEndToEndTests {
             #expect(machines[0].pid == nil, "a worker that exits stops its VM")
             print("qemu import figures: 2 workers \(Self.seconds(importTook))")
 
+            // Reprovision re-creates each worker from the base, one at a time.
+            let reprovisionStarted = Date()
+            let reprovisioned = try await host.cli(["vms", "reprovision", "--strategy", "each"] + cli)
+            #expect(reprovisioned.status == 0, "\(reprovisioned.out)\n\(reprovisioned.err)")
+            #expect(reprovisioned.out.components(separatedBy: "provision guest.sh").count == 3, "\(reprovisioned.out)")
+            for machine in machines {
+                let written = try FileManager.default.attributesOfItem(atPath: machine.overlay)[.modificationDate] as? Date
+                #expect(written.map { $0 >= reprovisionStarted.addingTimeInterval(-1) } == true, "a new overlay and sandbox")
+                #expect(try await machine.hasSandbox())
+                #expect(machine.pid == nil)
+            }
+            let baseOnly = try await host.cli(["vms", "reprovision", "--strategy", "base"] + cli)
+            #expect(baseOnly.status != 0 && baseOnly.err.contains("not available for provider: qemu"), "\(baseOnly.err)")
+
             let removed = try await host.cli(["vms", "remove", "--yes"] + cli)
             #expect(removed.status == 0, "\(removed.out)\n\(removed.err)")
             for machine in machines { #expect(!FileManager.default.fileExists(atPath: machine.overlay)) }

@@ -73,7 +73,12 @@ public struct Lifecycle: Sendable {
     /// packaged to a new box first), then each worker in turn while the others keep working,
     /// then the old base goes. Stops at the first failed step.
     public func rebuild(provisionWithVagrant: Bool) async throws {
-        try requireVirtualBox("rebuild")
+        if config.provider == .qemu {
+            guard !provisionWithVagrant else {
+                throw BaseBox.Problem(description: "tworker vms rebuild --provision bakes a VirtualBox box with vagrant; provider: qemu takes vms.base_image as it is")
+            }
+            return try await recreateQEMU()
+        }
         var box = config.vms.baseBox
         if provisionWithVagrant { box = try await buildBoxWithVagrant() }
         let base = vms.baseName
@@ -148,7 +153,13 @@ public struct Lifecycle: Sendable {
     }
 
     public func reprovision(_ strategy: Strategy) async throws {
-        try requireVirtualBox("reprovision")
+        if config.provider == .qemu {
+            // A qemu worker is its base plus the provision scripts: re-creating it is provisioning it again.
+            guard strategy == .each else {
+                throw BaseBox.Problem(description: "tworker vms reprovision --strategy base is not available for provider: qemu (provision vms.base_image itself); --strategy each re-creates every worker from it")
+            }
+            return try await recreateQEMU()
+        }
         switch strategy {
         case .each:
             try await rolling { number in
@@ -274,13 +285,6 @@ public struct Lifecycle: Sendable {
     }
 
     // MARK: -
-
-    /// The commands not yet written for `provider: qemu` say so rather than calling VBoxManage.
-    private func requireVirtualBox(_ command: String) throws {
-        guard config.provider != .qemu else {
-            throw BaseBox.Problem(description: "tworker vms \(command) is not available for provider: qemu yet; `tworker vms remove` then `tworker vms import` re-creates the worker VMs")
-        }
-    }
 
     func record(_ step: String, since start: ContinuousClock.Instant) {
         var durations = StepDurations(stateDir: config.stateDir)

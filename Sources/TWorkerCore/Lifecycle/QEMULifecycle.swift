@@ -16,19 +16,36 @@ extension Lifecycle {
                 progress.note("\(machine.vmName)  has its \(QEMUProvider.sandboxSnapshot) snapshot, skipped")
                 continue
             }
-            let started = ContinuousClock.now
-            do {
-                try await machine.createSandbox(step: { name, body in try await progress.step(machine.vmName, name, body) },
-                                                provision: { target in
-                                                    try await vms.provision(machine.vmName, port: target.port, progress: progress)
-                                                })
-            } catch {
-                await machine.shutdown()
-                throw error
-            }
-            try await progress.step(machine.vmName, "stop") { await machine.shutdown() }
-            record("create_worker", since: started)
+            try await makeSandbox(machine)
         }
+    }
+
+    /// `rebuild` and `reprovision --strategy each` for qemu: worker by worker, out of service
+    /// (`vms.max_unavailable` at a time), its qemu stopped, a new overlay on the base, the
+    /// provision scripts and a new `sandbox`. The worker's next job starts the new VM.
+    func recreateQEMU() async throws {
+        let provider = qemuProvider
+        try await rolling { number in
+            let machine = try provider.qemuMachine(named: "worker-\(number)")
+            try await progress.step(machine.vmName, "stop") { await machine.shutdown() }
+            try await makeSandbox(machine)
+        }
+    }
+
+    /// Overlay, first boot, provision scripts, `savevm sandbox`, stop.
+    private func makeSandbox(_ machine: QEMUMachine) async throws {
+        let started = ContinuousClock.now
+        do {
+            try await machine.createSandbox(step: { name, body in try await progress.step(machine.vmName, name, body) },
+                                            provision: { target in
+                                                try await vms.provision(machine.vmName, port: target.port, progress: progress)
+                                            })
+        } catch {
+            await machine.shutdown()
+            throw error
+        }
+        try await progress.step(machine.vmName, "stop") { await machine.shutdown() }
+        record("create_worker", since: started)
     }
 
     /// One row per worker VM: whether its qemu runs (pid, RSS, accel), its SSH port, its sandbox.
