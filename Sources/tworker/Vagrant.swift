@@ -141,7 +141,7 @@ extension Vagrant {
 
     struct Status: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "One row per worker VM: VirtualBox state, SSH port, sandbox snapshot, worker state, current job."
+            abstract: "One row per worker VM: its state (qemu: pid, RSS, accel), SSH port, sandbox snapshot, worker state, current job."
         )
         @OptionGroup var global: GlobalOptions
         @Flag(help: "Print JSON.") var json = false
@@ -172,7 +172,7 @@ extension Vagrant {
 
     struct Remove: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Power off and delete worker VMs (all of them and the base when none is named)."
+            abstract: "Power off and delete worker VMs (all of them and the base when none is named; qemu: the overlays, never vms.base_image)."
         )
         @OptionGroup var global: GlobalOptions
         @Flag(help: "Do not ask for confirmation.") var yes = false

@@ -181,7 +181,10 @@ public final class QEMUMachine: Machine {
             try? FileManager.default.removeItem(atPath: target.knownHosts)
         }
         try await step("boot (\(settings.accel))") { try await launch(loadSnapshot: nil) }
-        try await step("wait for SSH") { try await waitForSSH() }
+        try await step("wait for SSH") {
+            try await waitForSSH()
+            try await setGuestClock()
+        }
         try await provision(target)
         try await step("savevm \(QEMUProvider.sandboxSnapshot)") {
             guard let qmp = state.withLock({ $0.qmp }) else { throw InfrastructureError("no QMP connection to \(vmName)") }
@@ -220,13 +223,26 @@ public final class QEMUMachine: Machine {
 
     /// A guest loses the time it was paused, and one started from a snapshot wakes at the
     /// snapshot's time: TLS, make and git all need the host's clock.
+    ///
+    /// Also the first full SSH session after the banner: dropbear refuses a 6th unauthenticated
+    /// connection from one address, and under TCG the children of the banner probes can take a
+    /// moment to exit, so a refused session (ssh's 255) is retried until `timeouts.vm_boot`.
     private func setGuestClock() async throws {
-        // busybox `date` takes whole seconds; rounding after the ~0.3 s an ssh session takes to
-        // open lands within about half a second.
-        let epoch = Int((Date().timeIntervalSince1970 + 0.3).rounded())
-        var command = ProgramCommand.ssh(target, remoteCommand: ["date -s @\(epoch) >/dev/null"])
-        command.timeout = settings.qemuTimeout
-        try await runner.run(command)
+        let deadline = ContinuousClock.now + settings.bootTimeout
+        while true {
+            // busybox `date` takes whole seconds; rounding after the ~0.3 s an ssh session takes
+            // to open lands within about half a second.
+            let epoch = Int((Date().timeIntervalSince1970 + 0.3).rounded())
+            var command = ProgramCommand.ssh(target, remoteCommand: ["date -s @\(epoch) >/dev/null"])
+            command.timeout = settings.qemuTimeout
+            do {
+                try await runner.run(command)
+                return
+            } catch let failure as ProgramFailure where failure.exitCode == 255 && ContinuousClock.now < deadline {
+                logger.debug("ssh refused, retrying", metadata: ["vm": "\(vmName)", "error": "\(failure.stderr)"])
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
     }
 
     private func dropConnection() async {
