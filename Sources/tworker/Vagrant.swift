@@ -17,6 +17,16 @@ struct Vagrant: AsyncParsableCommand {
     )
 }
 
+/// `tworker vms ...`: the same command group under a provider-neutral name (virtualbox and qemu).
+struct VMs: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vms",
+        abstract: "Build and maintain the worker VMs (virtualbox or qemu): import, rebuild, reprovision, status, remove.",
+        discussion: Vagrant.configuration.discussion + " `tworker vagrant ...` is the same group.",
+        subcommands: Vagrant.configuration.subcommands
+    )
+}
+
 /// Shared set-up of the lifecycle commands.
 struct LifecycleContext {
     let config: WorkerConfig
@@ -69,7 +79,11 @@ extension Vagrant {
     struct Import: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Create the base VM from vms.base_box (once) and every worker VM that does not exist yet.",
-            discussion: "Workers are linked clones of the base's snapshot: N workers cost one disk. Running it twice changes nothing."
+            discussion: """
+            Workers are linked clones of the base's snapshot: N workers cost one disk. Running it twice changes nothing. \
+            provider: qemu: each worker gets a qcow2 overlay on vms.base_image, boots, runs the provision scripts and \
+            takes its online snapshot sandbox.
+            """
         )
         @OptionGroup var global: GlobalOptions
 
@@ -127,7 +141,7 @@ extension Vagrant {
 
     struct Status: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "One row per worker VM: VirtualBox state, SSH port, sandbox snapshot, worker state, current job."
+            abstract: "One row per worker VM: its state (qemu: pid, RSS, accel), SSH port, sandbox snapshot, worker state, current job."
         )
         @OptionGroup var global: GlobalOptions
         @Flag(help: "Print JSON.") var json = false
@@ -158,7 +172,7 @@ extension Vagrant {
 
     struct Remove: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Power off and delete worker VMs (all of them and the base when none is named)."
+            abstract: "Power off and delete worker VMs (all of them and the base when none is named; qemu: the overlays, never vms.base_image)."
         )
         @OptionGroup var global: GlobalOptions
         @Flag(help: "Do not ask for confirmation.") var yes = false

@@ -41,17 +41,26 @@ struct Work: AsyncParsableCommand {
             switch config.provider {
             case .local: provider = LocalProvider(workspaceRoot: config.local.workspace)
             case .virtualbox: provider = VirtualBoxProvider(config: config, logger: logger)
+            case .qemu: provider = QEMUProvider(config: config, logger: logger)
             }
             var settings = Worker.Settings(config: config, vm: vmName, queue: queue)
             settings.burst = burst
             settings.startPaused = ProcessInfo.processInfo.environment["TWORKER_START_PAUSED"] == "1"
             settings.masterPID = ProcessInfo.processInfo.environment["TWORKER_MASTER_PID"].flatMap { pid_t($0) }
-            let worker = Worker(settings: settings, machine: try provider.machine(named: vmName),
+            let machine = try provider.machine(named: vmName)
+            let worker = Worker(settings: settings, machine: machine,
                                 redis: redis.connect(), blockingRedis: redis.connect(),
                                 subscriptionRedis: redis.connect(), logger: logger)
             let signals = await worker.handleSignals()
             defer { signals.cancel() }
-            try await worker.run()
+            // A worker that exits stops its VM, whichever way it exits.
+            do {
+                try await worker.run()
+            } catch {
+                await machine.shutdown()
+                throw error
+            }
+            await machine.shutdown()
         }
     }
 }

@@ -47,7 +47,7 @@ extension ConfigTests {
             .init(name: "huge base-60 integer", yaml: "reporting:\n  retention: 999999999999:59:59:59:59\n",
                   expected: "F:2: reporting.retention: integer 999999999999:59:59:59:59 is too large"),
             .init(name: "bad provider", yaml: "provider: kvm\n",
-                  expected: "F:1: provider: invalid value \"kvm\" (expected one of: local, virtualbox)"),
+                  expected: "F:1: provider: invalid value \"kvm\" (expected one of: local, virtualbox, qemu)"),
             .init(name: "bad start_type", yaml: "virtualbox:\n  start_type: window\n",
                   expected: "F:2: virtualbox.start_type: invalid value \"window\" (expected one of: headless, gui, sdl, separate)"),
             .init(name: "mapping where a scalar is expected", yaml: "queue:\n  name: builds\n",
@@ -134,7 +134,7 @@ extension ConfigTests {
                 "TWORKER_ENV": "production", "REDIS_URL": "http://x", "VERBOSE": "sometimes",
             ]))
             #expect(problems == [
-                "\(env):1: provider: invalid value \"kvm\" (expected one of: local, virtualbox)",
+                "\(env):1: provider: invalid value \"kvm\" (expected one of: local, virtualbox, qemu)",
                 "\(env):3: vms.count: must be between 1 and 64, got 0",
                 "\(env):4: vms.memory: expected an integer, got a string (\"lots\")",
                 "\(local):2: timeouts.script: must be between 1 and 86400, got -5",
@@ -161,7 +161,7 @@ extension ConfigTests {
             let problems = configProblems(dir.loader())
             #expect(problems.count == 2)
             #expect(problems.first?.hasPrefix(dir.file("worker.development.yml") + ":") == true)
-            #expect(problems.last == dir.file("worker.yml") + ":1: provider: invalid value \"none\" (expected one of: local, virtualbox)")
+            #expect(problems.last == dir.file("worker.yml") + ":1: provider: invalid value \"none\" (expected one of: local, virtualbox, qemu)")
         }
 
         @Test func errorDescriptionIsOneLinePerProblem() throws {

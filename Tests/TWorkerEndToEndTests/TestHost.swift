@@ -88,6 +88,7 @@ struct TestHost: Sendable {
         let provider: any MachineProvider = switch config.provider {
         case .local: LocalProvider(workspaceRoot: config.local.workspace)
         case .virtualbox: VirtualBoxProvider(config: config, logger: Logger(label: "test-worker"))
+        case .qemu: QEMUProvider(config: config, logger: Logger(label: "test-worker"))
         }
         return try makeWorker(vm: vm, machine: try provider.machine(named: vm), subscribed: subscribed, adjust: adjust)
     }

@@ -202,7 +202,23 @@ public struct ConfigLoader: Sendable {
         overrides["env"] = (.string(envName), envOrigin)
         let context = ConfigKey.Context(currentDirectory: currentDirectory, hostname: hostname ?? currentHostname())
         let (config, origins) = Self.resolve(env: envName, tree: merged, overrides: overrides, context: context)
+        let missing = Self.providerRequirements(config, origins: origins)
+        guard missing.isEmpty else { throw ConfigError(problems: missing) }
         return LoadedConfig(config: config, origins: origins, files: files)
+    }
+
+    /// Keys a provider cannot run without, named at the line that chose the provider.
+    static func providerRequirements(_ config: WorkerConfig, origins: [String: ConfigOrigin]) -> [String] {
+        guard config.provider == .qemu else { return [] }
+        let origin = origins["provider"].map { "\($0): " } ?? ""
+        var problems: [String] = []
+        if config.vms.baseImage == nil {
+            problems.append("\(origin)vms.base_image: must be set for provider: qemu (a qcow2 disk; boxes/qemu/build-test-image DIR makes one)")
+        }
+        if config.qemu.initrd != nil || config.qemu.append != nil, config.qemu.kernel == nil {
+            problems.append("\(origin)qemu.kernel: must be set when qemu.initrd or qemu.append is (they belong to a direct kernel boot)")
+        }
+        return problems
     }
 
     /// Applies the key table in order: override, else merged file value, else default.

@@ -21,6 +21,7 @@ enum ConfigSchema {
         .int("vms.max_unavailable", 1, 1...64, \.vms.maxUnavailable),
         .path("vms.base_box", { _, _ in "boxes/base.box" }, \.vms.baseBox),
         .stringList("vms.provision", ["base.sh"], \.vms.provision),
+        .optionalPath("vms.base_image", \.vms.baseImage),
 
         .int("timeouts.hard_limit", 2400, 1...86_400, \.timeouts.hardLimit),
         .int("timeouts.log_silence", 600, 1...86_400, \.timeouts.logSilence),
@@ -31,6 +32,7 @@ enum ConfigSchema {
         .int("timeouts.after_script", 120, 1...86_400, \.timeouts.afterScript),
         .int("timeouts.vm_boot", 120, 1...86_400, \.timeouts.vmBoot),
         .int("timeouts.vboxmanage", 120, 1...86_400, \.timeouts.vboxmanage),
+        .int("timeouts.qemu", 60, 1...86_400, \.timeouts.qemu),
 
         .int("limits.log_length", 4_194_304, atLeast: 1024, \.limits.logLength),
         .int("limits.max_attempts", 3, 1...100, \.limits.maxAttempts),
@@ -48,6 +50,13 @@ enum ConfigSchema {
 
         .string("virtualbox.vboxmanage", "VBoxManage", \.virtualbox.vboxmanage),
         .choice("virtualbox.start_type", ["headless", "gui", "sdl", "separate"], "headless", \.virtualbox.startType),
+        .string("qemu.binary", "qemu-system-x86_64", \.qemu.binary),
+        .string("qemu.img", "qemu-img", \.qemu.img),
+        .choice("qemu.accel", QEMUAccel.auto, \.qemu.accel),
+        .stringList("qemu.extra_args", [], \.qemu.extraArgs),
+        .optionalPath("qemu.kernel", \.qemu.kernel),
+        .optionalPath("qemu.initrd", \.qemu.initrd),
+        .optionalString("qemu.append", \.qemu.append),
         .string("vagrant.vagrant", "vagrant", \.vagrant.vagrant),
         .path("vagrant.directory", { _, _ in "boxes" }, \.vagrant.directory),
 
@@ -113,6 +122,8 @@ enum ConfigKind: Sendable {
     case path
     /// A list of non-empty strings (lists replace, never merge).
     case stringList
+    /// A file that may be unset; relative values are resolved against the current directory.
+    case optionalPath
 
     /// Checks a value from a file; the message is the part after `key.path: `.
     func convert(_ tree: ConfigTree) -> Result<ConfigValue, ConfigMessage> {
@@ -148,7 +159,7 @@ enum ConfigKind: Sendable {
             return .success(.bool(value))
         case .stringList:
             return .failure(ConfigMessage("expected a list of strings"))
-        case .optionalString:
+        case .optionalString, .optionalPath:
             return scalar.type == .null ? .success(.null) : checked(.string(scalar.text))
         case .string, .choice, .redisURL, .path:
             // Any scalar reads as its text (`queue: 2024` is the queue "2024"); null is a mistake.
@@ -173,7 +184,7 @@ enum ConfigKind: Sendable {
             case "false", "0", "no": return .success(.bool(false))
             default: return .failure(ConfigMessage("expected true, 1, yes, false, 0 or no, got \"\(text)\""))
             }
-        case .string, .optionalString, .choice, .redisURL, .path:
+        case .string, .optionalString, .optionalPath, .choice, .redisURL, .path:
             return checked(.string(text))
         case .stringList:
             // Comma-separated in the environment.
@@ -190,6 +201,7 @@ enum ConfigKind: Sendable {
             return .failure(ConfigMessage("must be at least \(min), got \(i)"))
         case (.string(allowEmpty: false), .string(let s)) where s.isEmpty,
              (.optionalString, .string(let s)) where s.isEmpty,
+             (.optionalPath, .string(let s)) where s.isEmpty,
              (.path, .string(let s)) where s.isEmpty:
             return .failure(ConfigMessage("must not be empty"))
         case (.choice(let choices), .string(let s)) where !choices.contains(s):
@@ -206,7 +218,11 @@ enum ConfigKind: Sendable {
 
     /// Turns a checked value into its effective form (absolute paths).
     func finalized(_ value: ConfigValue, _ context: ConfigKey.Context) -> ConfigValue {
-        guard case .path = self, case .string(let s) = value else { return value }
+        switch self {
+        case .path, .optionalPath: break
+        default: return value
+        }
+        guard case .string(let s) = value else { return value }
         return .string(absolutePath(s, relativeTo: context.currentDirectory))
     }
 
@@ -214,7 +230,7 @@ enum ConfigKind: Sendable {
         switch self {
         case .int: "an integer"
         case .bool: "a boolean"
-        case .string, .optionalString, .redisURL, .path: "a string"
+        case .string, .optionalString, .optionalPath, .redisURL, .path: "a string"
         case .choice: "a string"
         case .stringList: "a list of strings"
         }
@@ -333,6 +349,14 @@ struct ConfigKey: Sendable {
                       if case .string(let s) = v { config[keyPath: field] = s } else { config[keyPath: field] = nil }
                   },
                   get: { config in config[keyPath: field].map(ConfigValue.string) ?? .null })
+    }
+
+    static func optionalPath(_ path: String, _ field: WritableKeyPath<WorkerConfig, String?> & Sendable,
+                             file: Bool = true, env: String? = nil) -> ConfigKey {
+        var key = optionalString(path, field, file: file, env: env)
+        key = ConfigKey(path: key.path, kind: .optionalPath, inFile: key.inFile, envVar: key.envVar,
+                        defaultValue: key.defaultValue, set: key.set, get: key.get)
+        return key
     }
 
     private static func stringKey(_ path: String, _ kind: ConfigKind,

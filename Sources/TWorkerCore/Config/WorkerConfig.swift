@@ -4,6 +4,16 @@ import Foundation
 public enum ProviderKind: String, Sendable, CaseIterable {
     case local
     case virtualbox
+    case qemu
+}
+
+/// `qemu.accel`: which accelerator qemu runs the worker VMs with.
+public enum QEMUAccel: String, Sendable, CaseIterable {
+    /// `kvm` where the host has working hardware virtualization, else `tcg`.
+    case auto
+    case kvm
+    /// Software emulation: slow, but works everywhere.
+    case tcg
 }
 
 /// The effective worker configuration, after files, environment and defaults are combined.
@@ -28,6 +38,7 @@ public struct WorkerConfig: Sendable, Equatable {
     public var ssh: SSH
     public var virtualbox: VirtualBox
     public var vagrant: Vagrant
+    public var qemu: QEMU
     /// The user (and group) the master runs its workers as when started as root.
     public var user: String?
     public var group: String?
@@ -59,6 +70,8 @@ public struct WorkerConfig: Sendable, Equatable {
         public var baseBox: String
         /// Provision scripts under `<vagrant.directory>/provision/`, run in this order.
         public var provision: [String]
+        /// `provider: qemu`: the qcow2 disk every worker's overlay is based on (absolute).
+        public var baseImage: String? = nil
     }
 
     /// Timeouts, all in seconds.
@@ -72,6 +85,8 @@ public struct WorkerConfig: Sendable, Equatable {
         public var afterScript: Int
         public var vmBoot: Int
         public var vboxmanage: Int
+        /// A qemu-img run or one QMP command (`loadvm`, `savevm`, `stop`...).
+        public var qemu: Int = 60
 
         /// The timeout of a build stage by its `.travis.yml` name, or nil for a stage without one.
         public func stageTimeout(_ stage: String) -> Int? {
@@ -131,6 +146,21 @@ public struct WorkerConfig: Sendable, Equatable {
         public var startType: String
     }
 
+    /// Settings of the `qemu` provider.
+    public struct QEMU: Sendable, Equatable {
+        /// The qemu-system executable (a bare name is looked up on PATH).
+        public var binary: String
+        /// The qemu-img executable.
+        public var img: String
+        public var accel: QEMUAccel
+        /// Appended to every qemu command line.
+        public var extraArgs: [String]
+        /// Direct kernel boot: `-kernel`, `-initrd`, `-append` (absolute paths).
+        public var kernel: String?
+        public var initrd: String?
+        public var append: String?
+    }
+
     /// Settings of `tworker vagrant ...` (building the VMs).
     public struct Vagrant: Sendable, Equatable {
         /// The vagrant executable.
@@ -166,6 +196,7 @@ public struct WorkerConfig: Sendable, Equatable {
             ssh: SSH(user: "", key: nil, host: "", portBase: 0),
             virtualbox: VirtualBox(vboxmanage: "", startType: ""),
             vagrant: Vagrant(vagrant: "", directory: ""),
+            qemu: QEMU(binary: "", img: "", accel: .auto, extraArgs: [], kernel: nil, initrd: nil, append: nil),
             user: nil, group: nil, allowRoot: false,
             vm: nil,
             verbose: false

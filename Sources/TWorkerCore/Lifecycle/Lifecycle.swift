@@ -26,6 +26,7 @@ public struct Lifecycle: Sendable {
 
     /// Creates the base VM if missing, then every worker that does not exist yet.
     public func importAll() async throws {
+        if config.provider == .qemu { return try await importQEMU() }
         try await ensureBase()
         for number in workers {
             let name = vms.workerName(number)
@@ -72,6 +73,12 @@ public struct Lifecycle: Sendable {
     /// packaged to a new box first), then each worker in turn while the others keep working,
     /// then the old base goes. Stops at the first failed step.
     public func rebuild(provisionWithVagrant: Bool) async throws {
+        if config.provider == .qemu {
+            guard !provisionWithVagrant else {
+                throw BaseBox.Problem(description: "tworker vms rebuild --provision bakes a VirtualBox box with vagrant; provider: qemu takes vms.base_image as it is")
+            }
+            return try await recreateQEMU()
+        }
         var box = config.vms.baseBox
         if provisionWithVagrant { box = try await buildBoxWithVagrant() }
         let base = vms.baseName
@@ -146,6 +153,13 @@ public struct Lifecycle: Sendable {
     }
 
     public func reprovision(_ strategy: Strategy) async throws {
+        if config.provider == .qemu {
+            // A qemu worker is its base plus the provision scripts: re-creating it is provisioning it again.
+            guard strategy == .each else {
+                throw BaseBox.Problem(description: "tworker vms reprovision --strategy base is not available for provider: qemu (provision vms.base_image itself); --strategy each re-creates every worker from it")
+            }
+            return try await recreateQEMU()
+        }
         switch strategy {
         case .each:
             try await rolling { number in
@@ -235,22 +249,12 @@ public struct Lifecycle: Sendable {
 
     /// One row per worker VM.
     public func status(redis: RedisConnection?, keys: RedisKeys) async throws -> [Row] {
+        if config.provider == .qemu { return try await statusQEMU(redis: redis, keys: keys) }
         var rows: [Row] = []
         for number in workers {
             let name = vms.workerName(number)
             let info = try await vms.runner.info(name)
-            var worker = "none"
-            var job = ""
-            if let redis {
-                let replies = try await redis.pipeline([
-                    ["HMGET", keys.worker(vm: "worker-\(number)"), "state", "job"],
-                    ["EXISTS", keys.maintenance(vm: "worker-\(number)")],
-                ])
-                let fields = replies.first?.array ?? []
-                worker = fields.first?.string ?? "none"
-                job = fields.dropFirst().first?.string ?? ""
-                if replies.last?.int == 1, worker == "none" { worker = WorkerState.maintenance.rawValue }
-            }
+            let (worker, job) = try await workerState(number, redis: redis, keys: keys)
             rows.append(Row(name: name, state: info?.state ?? "missing", sshPort: vms.sshPort(number),
                             snapshot: info.map { $0.snapshotNames.contains(WorkerVMs.sandboxSnapshot) } ?? false,
                             worker: worker, job: job))
@@ -258,8 +262,23 @@ public struct Lifecycle: Sendable {
         return rows
     }
 
+    /// Worker `worker-N`'s state and job as its heartbeat says ("none" without a worker).
+    func workerState(_ number: Int, redis: RedisConnection?, keys: RedisKeys) async throws -> (worker: String, job: String) {
+        guard let redis else { return ("none", "") }
+        let replies = try await redis.pipeline([
+            ["HMGET", keys.worker(vm: "worker-\(number)"), "state", "job"],
+            ["EXISTS", keys.maintenance(vm: "worker-\(number)")],
+        ])
+        let fields = replies.first?.array ?? []
+        var worker = fields.first?.string ?? "none"
+        let job = fields.dropFirst().first?.string ?? ""
+        if replies.last?.int == 1, worker == "none" { worker = WorkerState.maintenance.rawValue }
+        return (worker, job)
+    }
+
     /// Powers off and deletes the named workers (or every worker and then the base).
     public func remove(workers names: [String]) async throws {
+        if config.provider == .qemu { return try await removeQEMU(workers: names) }
         let targets = names.isEmpty ? workers.map { vms.workerName($0) } + [vms.baseName + "-retired", vms.baseName]
             : names.map { config.vms.namePrefix + $0 }
         for vm in targets { try await vms.remove(vm, progress: progress) }
@@ -267,7 +286,7 @@ public struct Lifecycle: Sendable {
 
     // MARK: -
 
-    private func record(_ step: String, since start: ContinuousClock.Instant) {
+    func record(_ step: String, since start: ContinuousClock.Instant) {
         var durations = StepDurations(stateDir: config.stateDir)
         durations.record(step, seconds: seconds(since: start))
         do { try durations.save() } catch { logger.warning("could not save step durations: \(error)") }

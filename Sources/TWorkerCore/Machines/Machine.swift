@@ -54,11 +54,15 @@ public protocol Machine: Sendable {
     /// Stops whatever a previous worker on this machine, killed mid-build, left running; called
     /// once when a worker starts, before it requeues that worker's job.
     func killLeftovers() async
+    /// Stops what the machine keeps running between jobs (a VM); called when its worker exits.
+    func shutdown() async
 }
 
 extension Machine {
     /// A VM's next `prepare` resets it, which stops a dead worker's build with it.
     public func killLeftovers() async {}
+    /// Nothing runs between jobs.
+    public func shutdown() async {}
 }
 
 /// Makes the machine a worker serves from its VM name.

@@ -99,28 +99,7 @@ public final class VirtualBoxMachine: Machine {
     }
 
     private func runOverSSH(script: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws -> BuildExit {
-        // The build's own output (stderr merged into stdout by the script) comes on stdout; the
-        // guest-side wrapper reports the script's exit status on stderr, where ssh also reports
-        // its own failures. No status line means ssh's 255 was the connection, not the build.
-        let token = "tworker-exit-" + UUID().uuidString.prefix(8).lowercased()
-        let remote = "bash -s; status=$?; echo \(token):$status >&2; exit $status"
-        let command = try BuildCommand(.ssh(target, remoteCommand: [remote]), standardInput: script)
-        let errors = Mutex<[UInt8]>([])
-        let exit = try await ChildProcess.run(command, output: output) { chunk in
-            errors.withLock { if $0.count < 65536 { $0 += chunk } }
-        }
-        let stderr = String(decoding: errors.withLock { $0 }, as: UTF8.self)
-        if let reported = Self.reportedStatus(in: stderr, token: token) { return .exited(reported) }
-        if case .exited(255) = exit {
-            let detail = stderr.trimmingCharacters(in: .whitespacesAndNewlines)
-            throw InfrastructureError("the connection to the machine was lost (ssh exit 255)" + (detail.isEmpty ? "" : ": \(detail)"))
-        }
-        return exit
-    }
-
-    static func reportedStatus(in stderr: String, token: String) -> Int32? {
-        guard let line = stderr.split(separator: "\n").last(where: { $0.hasPrefix(token + ":") }) else { return nil }
-        return Int32(line.dropFirst(token.count + 1))
+        try await target.runBuild(script: script, output: output)
     }
 
     private func resetToSandbox() async throws {
@@ -149,15 +128,8 @@ public final class VirtualBoxMachine: Machine {
         }
     }
 
-    /// Polls the VM's SSH banner every 25 ms until it answers or `timeouts.vm_boot` passes:
-    /// no fixed sleeps, and no ssh process per poll.
     private func waitForSSH() async throws {
-        let deadline = ContinuousClock.now + bootTimeout
-        while ContinuousClock.now < deadline {
-            if await SSHBanner.answers(host: target.host, port: target.port) { return }
-            try await Task.sleep(for: .milliseconds(25))
-        }
-        throw InfrastructureError("SSH on \(target.host):\(target.port) did not answer within \(bootTimeout.components.seconds) s (timeouts.vm_boot)")
+        try await target.waitForBanner(timeout: bootTimeout)
     }
 
     /// A VM re-created under the same name has a new host key: forget the old one.

@@ -23,6 +23,12 @@ public struct Program: Sendable, Equatable, CustomStringConvertible {
     public static func bash(_ name: String = "bash") -> Program {
         Program(name: name, remedy: "install bash")
     }
+    public static func qemuSystem(_ name: String) -> Program {
+        Program(name: name, remedy: "install qemu-system-x86 or set qemu.binary")
+    }
+    public static func qemuImg(_ name: String) -> Program {
+        Program(name: name, remedy: "install qemu-utils or set qemu.img")
+    }
     public static let ssh = Program(name: "ssh", remedy: "install the ssh client (openssh-client)")
     public static let git = Program(name: "git", remedy: "install git")
     public static let tar = Program(name: "tar", remedy: "install tar")
@@ -33,12 +39,15 @@ public struct Program: Sendable, Equatable, CustomStringConvertible {
         switch config.provider {
         case .local: [.bash()]
         case .virtualbox: [.vboxmanage(config.virtualbox.vboxmanage), .ssh]
+        case .qemu: [.qemuSystem(config.qemu.binary), .qemuImg(config.qemu.img), .ssh]
         }
     }
 
-    /// What a `tworker vagrant` command runs: always VBoxManage; ssh to provision, vagrant to build a box.
+    /// What a `tworker vagrant` command runs: VBoxManage (qemu and qemu-img for `provider: qemu`);
+    /// ssh to provision, vagrant to build a box.
     public static func forLifecycle(_ config: WorkerConfig, provisioning: Bool = false, buildingBox: Bool = false) -> [Program] {
-        [.vboxmanage(config.virtualbox.vboxmanage)] + (provisioning ? [.ssh] : []) + (buildingBox ? [.vagrant(config.vagrant.vagrant)] : [])
+        if config.provider == .qemu { return [.qemuSystem(config.qemu.binary), .qemuImg(config.qemu.img), .ssh] }
+        return [.vboxmanage(config.virtualbox.vboxmanage)] + (provisioning ? [.ssh] : []) + (buildingBox ? [.vagrant(config.vagrant.vagrant)] : [])
     }
 }
 

@@ -12,6 +12,19 @@ extension ProgramCommand {
                        outputLimit: 8 << 20, errorLimit: 1 << 20, wording: .vboxManage)
     }
 
+    // MARK: - qemu
+
+    /// One qemu-img call (creating an overlay, reading an image's snapshots).
+    public static func qemuImg(_ command: QEMUImgCommand, executable: String, timeout: Duration) -> ProgramCommand {
+        ProgramCommand(.qemuImg(executable), tool: "qemu-img", arguments: command.arguments, timeout: timeout)
+    }
+
+    /// Starts a worker VM: with `-daemonize` qemu returns once the VM is set up (or has failed,
+    /// saying why on stderr), so `timeout` bounds the start, not the VM's life.
+    public static func qemuSystem(_ launch: QEMULaunch, executable: String, timeout: Duration) -> ProgramCommand {
+        ProgramCommand(.qemuSystem(executable), tool: "qemu-system", arguments: launch.arguments, timeout: timeout)
+    }
+
     // MARK: - git
 
     /// A git call that never waits for a password prompt nobody will answer.

@@ -1,0 +1,247 @@
+import Foundation
+import Logging
+import Testing
+import TWorkerCore
+import TWorkerTestSupport
+
+/// `provider: qemu` against real qemu under software emulation: the test guest of
+/// `boxes/qemu/build-test-image`, one VM at a time, one sandbox reused across the cycle.
+@Suite(.tags(.endToEnd), .serialized, .enabled(if: QEMUGuest.installed,
+        "qemu-system-x86_64 and qemu-img are not installed (apt-get install qemu-system-x86 qemu-utils)"))
+struct QEMUProviderEndToEndTests {
+    /// A test host whose config is the image's `worker.yml` merged over a qemu test config.
+    static func withQEMUHost(_ body: (TestHost, Int) async throws -> Void) async throws {
+        let scratch = try TempDirectory(prefix: "tworker-qemu-image")
+        defer { scratch.remove() }
+        _ = try await QEMUGuest.buildImage(scratch: scratch.path)
+        let portBase = try VirtualBoxHost.freePortBase(count: 2)
+        // A provision script of the test's own, run by import before the snapshot.
+        let provisionDir = scratch.path + "/vagrant"
+        try FileManager.default.createDirectory(atPath: provisionDir + "/provision", withIntermediateDirectories: true)
+        try "echo provisioned >/etc/provisioned\n".write(toFile: provisionDir + "/provision/guest.sh", atomically: true, encoding: .utf8)
+        let extra = """
+        vms:
+          name_prefix: tworker-qemutest-
+          memory: 256
+          count: 2
+          provision: [guest.sh]
+        vagrant:
+          directory: \(provisionDir)
+        ssh:
+          port_base: \(portBase)
+        qemu:
+          accel: tcg
+        timeouts:
+          vm_boot: 180
+          qemu: 120
+        limits:
+          max_attempts: 3
+        """
+        try await TestHost.with(config: extra) { host in
+            // The operator's file: the image's fragment as the script wrote it, choosing the provider.
+            let fragment = try String(contentsOfFile: QEMUGuest.imageDirectory + "/worker.yml", encoding: .utf8)
+            try (fragment + "provider: qemu\n").write(toFile: host.configDir + "/worker.yml", atomically: true, encoding: .utf8)
+            try await body(host, portBase)
+        }
+    }
+
+    static func seconds(_ duration: Duration) -> String {
+        String(format: "%.2f s", Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18)
+    }
+
+    @Test(.timeLimit(.minutes(10)))
+    func jobsRunInARealVMRestoredFromSandboxEachTime() async throws {
+        try await Self.withQEMUHost { host, _ in
+            let config = try host.config()
+            let provider = QEMUProvider(config: config, logger: Logger(label: "test-qemu"))
+            let machine = try provider.qemuMachine(named: "worker-1")
+            defer { if let pid = machine.pid { kill(pid, SIGKILL) } }
+
+            // The sandbox is taken with the guest's clock 10 minutes behind: a job must still see the host's time.
+            let importStarted = ContinuousClock.now
+            try await machine.createSandbox(provision: { target in
+                var command = ProgramCommand.ssh(target, remoteCommand: ["date -s @\(Int(Date().timeIntervalSince1970) - 600) >/dev/null"])
+                command.timeout = .seconds(60)
+                try await ProgramRunner().run(command)
+            })
+            let bootToSandbox = ContinuousClock.now - importStarted
+            try await machine.release()
+            #expect(try await machine.hasSandbox())
+
+            let first = try await host.push(script: ["echo clock:$(date +%s)", "echo job >/root/marker", "echo job >/tmp/marker"])
+            let second = try await host.push(script: ["if ls /root/marker /tmp/marker 2>/dev/null; then exit 7; fi", "echo clean"])
+            let worker = try host.makeWorker(machine: machine) { $0.burst = true }
+            let before = Date().timeIntervalSince1970
+            let jobsStarted = ContinuousClock.now
+            try await worker.run()
+            let twoJobs = ContinuousClock.now - jobsStarted
+            let after = Date().timeIntervalSince1970
+
+            let firstLog = try await host.log(first).text
+            #expect(try await host.record(first)["state"] == "passed", "\(firstLog)")
+            let clock = firstLog.split(separator: "\n").first { $0.hasPrefix("clock:") }.flatMap { Double($0.dropFirst(6)) }
+            #expect(clock.map { $0 >= before - 2 && $0 <= after + 2 } == true,
+                    "the guest's clock is the host's at job start: guest \(String(describing: clock)), host \(before)...\(after)")
+            let secondLog = try await host.log(second).text
+            #expect(try await host.record(second)["state"] == "passed", "the first job's files are gone: \(secondLog)")
+            #expect(secondLog.contains("clean"))
+
+            // Reset-to-SSH: release (loadvm + stop) then prepare (cont, SSH, clock) as the next job sees it.
+            var resets: [Duration] = []
+            let cycles = ProcessInfo.processInfo.environment["TWORKER_QEMU_RESET_CYCLES"].flatMap(Int.init) ?? 5
+            for _ in 0..<cycles {
+                let started = ContinuousClock.now
+                try await machine.release()
+                try await machine.prepare()
+                resets.append(ContinuousClock.now - started)
+            }
+            try await machine.release()
+
+            // SIGKILL of qemu mid-build: the job is requeued, and the next attempt (a new qemu
+            // started from the sandbox) passes.
+            let killed = try await host.push(script: ["echo started", "sleep 5", "echo finished"])
+            let killer = Task {
+                for _ in 0..<600 {
+                    if (try? await host.log(killed).text.contains("started")) == true, let pid = machine.pid {
+                        kill(pid, SIGKILL)
+                        return pid
+                    }
+                    try? await Task.sleep(for: .milliseconds(50))
+                }
+                return pid_t(0)
+            }
+            let requeueWorker = try host.makeWorker(machine: machine) { $0.burst = true }
+            try await requeueWorker.run()
+            let killedPID = await killer.value
+            #expect(killedPID > 0, "the build started and its qemu was killed")
+            let record = try await host.record(killed)
+            let killedLog = try await host.log(killed).text
+            #expect(record["state"] == "passed", "\(record) \(killedLog)")
+            #expect(record["attempts"] == "2", "\(record)")
+            #expect(killedLog.contains("qemu"), "the first attempt's failure names qemu: \(killedLog)")
+
+            await machine.shutdown()
+            #expect(machine.pid == nil, "no qemu is left running after shutdown")
+            let sorted = resets.sorted()
+            print("qemu provider figures: boot to sandbox \(Self.seconds(bootToSandbox)), two jobs \(Self.seconds(twoJobs)), "
+                  + "reset-to-SSH (loadvm, stop, cont, SSH banner, clock set) p50 \(Self.seconds(sorted[sorted.count / 2])) "
+                  + "max \(Self.seconds(sorted.last!)) over \(sorted.count)")
+        }
+    }
+
+    /// `tworker vms import` makes 2 overlays on one base; a worker killed with SIGKILL leaves its
+    /// qemu running, and the restarted worker stops it before it takes jobs.
+    @Test(.timeLimit(.minutes(10)))
+    func importTwoWorkersAndRestartAKilledWorker() async throws {
+        try await Self.withQEMUHost { host, _ in
+            let config = try host.config()
+            let provider = QEMUProvider(config: config, logger: Logger(label: "test-qemu"))
+            let machines = try (1...2).map { try provider.qemuMachine(named: "worker-\($0)") }
+            var strays: [pid_t] = []
+            defer {
+                // Whatever failed above, nothing of this test keeps running (stopped by PID).
+                for pid in strays + machines.compactMap(\.pid) { kill(pid, SIGKILL) }
+            }
+            let cli = ["--env", "test", "--config-dir", host.configDir]
+            let importStarted = ContinuousClock.now
+            let imported = try await host.cli(["vms", "import"] + cli)
+            let importTook = ContinuousClock.now - importStarted
+            #expect(imported.status == 0, "\(imported.out)\n\(imported.err)")
+            for machine in machines {
+                #expect(try await machine.hasSandbox(), "\(machine.vmName) has its sandbox: \(imported.out)")
+                #expect(machine.pid == nil, "import stops the VMs it made")
+                let info = try await ProgramRunner().run(.qemuImg(.info(image: machine.overlay), executable: "qemu-img", timeout: .seconds(30)))
+                #expect(info.stdout.contains("\"backing-filename\": \"\(config.vms.baseImage!)\""), "an overlay on the one base: \(info.stdout)")
+            }
+            #expect(imported.out.contains("provision guest.sh"), "\(imported.out)")
+            let again = try await host.cli(["vagrant", "import"] + cli)
+            #expect(again.status == 0 && again.out.contains("skipped"), "a second import changes nothing: \(again.out)")
+            let status = try await host.cli(["vms", "status", "--json"] + cli)
+            #expect(status.status == 0 && status.out.components(separatedBy: "\"snapshot\" : true").count == 3, "\(status.out)\n\(status.err)")
+
+            // A worker serves a job; killed with SIGKILL, it leaves its qemu behind.
+            let first = try await host.push(script: ["cat /etc/provisioned"])
+            let worker = try host.spawnWorker(vm: "worker-1")
+            var state = ""
+            for _ in 0..<1200 where state != "passed" {
+                state = try await host.record(first)["state"] ?? ""
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            let firstLog = try await host.log(first).text
+            #expect(state == "passed", "\(firstLog)")
+            #expect(firstLog.contains("provisioned"), "the provision script ran before the snapshot: \(firstLog)")
+            let stray = try #require(machines[0].pid, "the worker's qemu runs")
+            strays.append(stray)
+            await worker.kill9()
+            #expect(machines[0].pid == stray, "SIGKILL of the worker leaves its qemu running")
+
+            // The restarted worker stops the stray before it takes jobs, and stops its own VM on exit.
+            let second = try await host.push(script: ["echo again"])
+            let restarted = try host.spawnWorker(vm: "worker-1", arguments: ["--burst"])
+            let exit = await restarted.waitForExit(timeout: .seconds(180))
+            #expect(exit == 0)
+            let secondLog = try await host.log(second).text
+            #expect(try await host.record(second)["state"] == "passed", "\(secondLog)")
+            #expect(!QEMUProcess.isAlive(stray), "the stray qemu (pid \(stray)) was stopped")
+            #expect(machines[0].pid == nil, "a worker that exits stops its VM")
+            print("qemu import figures: 2 workers \(Self.seconds(importTook))")
+
+            // Reprovision re-creates each worker from the base, one at a time.
+            let reprovisionStarted = Date()
+            let reprovisioned = try await host.cli(["vms", "reprovision", "--strategy", "each"] + cli)
+            #expect(reprovisioned.status == 0, "\(reprovisioned.out)\n\(reprovisioned.err)")
+            #expect(reprovisioned.out.components(separatedBy: "provision guest.sh").count == 3, "\(reprovisioned.out)")
+            for machine in machines {
+                let written = try FileManager.default.attributesOfItem(atPath: machine.overlay)[.modificationDate] as? Date
+                #expect(written.map { $0 >= reprovisionStarted.addingTimeInterval(-1) } == true, "a new overlay and sandbox")
+                #expect(try await machine.hasSandbox())
+                #expect(machine.pid == nil)
+            }
+            let baseOnly = try await host.cli(["vms", "reprovision", "--strategy", "base"] + cli)
+            #expect(baseOnly.status != 0 && baseOnly.err.contains("not available for provider: qemu"), "\(baseOnly.err)")
+
+            let removed = try await host.cli(["vms", "remove", "--yes"] + cli)
+            #expect(removed.status == 0, "\(removed.out)\n\(removed.err)")
+            for machine in machines { #expect(!FileManager.default.fileExists(atPath: machine.overlay)) }
+        }
+    }
+
+    /// qemu that will not start: an infrastructure error in qemu's own words, and no process left.
+    @Test func aQEMUThatWillNotStartSaysWhy() async throws {
+        try await Self.withQEMUHost { host, _ in
+            var config = try host.config()
+            config.qemu.extraArgs = ["-no-such-option"]
+            let machine = try QEMUProvider(config: config, logger: Logger(label: "test-qemu")).qemuMachine(named: "worker-1")
+            let error = await #expect(throws: InfrastructureError.self) { try await machine.prepare() }
+            #expect(error?.message.contains("qemu for VM tworker-qemutest-worker-1 failed to start") == true, "\(String(describing: error))")
+            #expect(error?.message.contains("-no-such-option: invalid option") == true, "qemu's own message: \(String(describing: error))")
+            #expect(machine.pid == nil)
+        }
+    }
+
+    /// A QMP command that fails: the infrastructure error carries qemu's message, and the next
+    /// `prepare` starts over (here: makes the missing sandbox again).
+    @Test(.timeLimit(.minutes(5)))
+    func aFailedLoadvmIsReportedWithQEMUsMessage() async throws {
+        try await Self.withQEMUHost { host, _ in
+            var config = try host.config()
+            // A second QMP socket for the test: qemu lets one client at a time on each.
+            let side = host.stateDir + "/side-qmp.sock"
+            config.qemu.extraArgs = ["-qmp", "unix:\(side),server=on,wait=off"]
+            let machine = try QEMUProvider(config: config, logger: Logger(label: "test-qemu")).qemuMachine(named: "worker-1")
+            defer { if let pid = machine.pid { kill(pid, SIGKILL) } }
+            try await machine.prepare()
+            let qmp = try await QMPClient.connect(path: side, timeout: .seconds(30))
+            try await qmp.humanMonitor("delvm \(QEMUProvider.sandboxSnapshot)", timeout: .seconds(60))
+            await qmp.close()
+            let error = await #expect(throws: InfrastructureError.self) { try await machine.release() }
+            #expect(error?.message.contains("loadvm sandbox") == true, "\(String(describing: error))")
+            #expect(error?.message.contains("sandbox") == true && error?.message.lowercased().contains("snapshot") == true,
+                    "qemu's own words: \(String(describing: error))")
+            try await machine.prepare()
+            #expect(try await machine.hasSandbox(), "the next prepare made the sandbox again")
+            await machine.shutdown()
+            #expect(machine.pid == nil)
+        }
+    }
+}
