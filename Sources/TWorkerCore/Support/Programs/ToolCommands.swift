@@ -63,8 +63,18 @@ extension ProgramCommand {
     // MARK: - bash
 
     /// A local build: `shell` runs the script file with exactly the build's environment.
-    public static func buildScript(_ path: String, shell: String, environment: [String: String], workingDirectory: String) -> ProgramCommand {
-        ProgramCommand(.bash(shell), arguments: [path], environment: .exactly(environment), workingDirectory: workingDirectory)
+    /// bash running the build script at `path` only while the worker `owner` lives. A worker
+    /// SIGKILLed after forking the build but before recording its process group would leave a
+    /// build nobody knows of running beside the job's rerun: the guard refuses to start it, and
+    /// a watcher in the build's process group kills the group within half a second of the
+    /// worker's death. The watcher is not the script's child, so a `wait` in the build never
+    /// waits for it; the worker kills the group when the script ends, watcher included.
+    public static func buildScript(_ path: String, shell: String, environment: [String: String], workingDirectory: String,
+                                   owner: pid_t = getpid()) -> ProgramCommand {
+        let guarded = "kill -0 \(owner) 2>/dev/null || exit 97; "
+            + "( ( while kill -0 \(owner) 2>/dev/null; do sleep 0.5; done; kill -KILL 0 ) </dev/null >/dev/null 2>&1 & ); "
+            + "exec \"$BASH\" \"$0\""
+        return ProgramCommand(.bash(shell), arguments: ["-c", guarded, path], environment: .exactly(environment), workingDirectory: workingDirectory)
     }
 
     // MARK: - ssh
