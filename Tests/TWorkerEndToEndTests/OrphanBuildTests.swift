@@ -30,6 +30,21 @@ struct OrphanBuildTests {
         #expect(!FileManager.default.fileExists(atPath: marker + ".start"), "not one command of the build ran")
     }
 
+    @Test func aBuildWhoseWorkerIsAnUnreapedZombieNeverStarts() async throws {
+        let directory = try TempDirectory(prefix: "tworker-orphan")
+        defer { directory.remove() }
+        // SIGKILLed but not yet reaped, as a worker is until its master sees it exit.
+        let worker = try SpawnedProcess.spawn("/bin/sleep", ["30"], environment: [:], log: "/dev/null")
+        kill(worker.pid, SIGKILL)
+        #expect(await eventually(timeout: .seconds(5)) {
+            ((try? String(contentsOfFile: "/proc/\(worker.pid)/stat", encoding: .utf8)) ?? "").contains(") Z")
+        })
+        let (build, marker) = try spawnBuild(owner: worker.pid, in: directory)
+        #expect(await build.waitForExit(timeout: .seconds(10)) == 97)
+        #expect(!FileManager.default.fileExists(atPath: marker + ".start"), "not one command of the build ran")
+        _ = await worker.waitForExit(timeout: .seconds(5))
+    }
+
     @Test func aBuildDiesWithinASecondOfItsWorker() async throws {
         let directory = try TempDirectory(prefix: "tworker-orphan")
         defer { directory.remove() }

@@ -71,8 +71,11 @@ extension ProgramCommand {
     /// waits for it; the worker kills the group when the script ends, watcher included.
     public static func buildScript(_ path: String, shell: String, environment: [String: String], workingDirectory: String,
                                    owner: pid_t = getpid()) -> ProgramCommand {
-        let guarded = "kill -0 \(owner) 2>/dev/null || exit 97; "
-            + "( ( while kill -0 \(owner) 2>/dev/null; do sleep 0.5; done; kill -KILL 0 ) </dev/null >/dev/null 2>&1 & ); "
+        // Alive means not gone and not a zombie: a SIGKILLed worker stays a zombie until its
+        // master reaps it, and `kill -0` would still find it. Builtins only, no fork per look.
+        let alive = "alive() { local s; read -r s < /proc/\(owner)/stat 2>/dev/null || return 1; s=${s##*) }; [ \"${s%% *}\" != Z ]; }; "
+        let guarded = alive + "alive || exit 97; "
+            + "( ( while alive; do sleep 0.5; done; kill -KILL 0 ) </dev/null >/dev/null 2>&1 & ); "
             + "exec \"$BASH\" \"$0\""
         return ProgramCommand(.bash(shell), arguments: ["-c", guarded, path], environment: .exactly(environment), workingDirectory: workingDirectory)
     }
