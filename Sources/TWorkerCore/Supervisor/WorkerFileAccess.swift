@@ -11,7 +11,7 @@ public enum WorkerFileAccess {
 
     /// `state_dir` (group: the workers', 0750); the embedded Redis's directory (0750) and
     /// socket (0770) in the same group; the directories the workers write (the local
-    /// workspace, `<state_dir>/ssh`), theirs with everything under them.
+    /// workspace, `<state_dir>/ssh`, `<state_dir>/qemu`), theirs with everything under them.
     public static func prepare(_ config: WorkerConfig, for account: WorkerAccount) throws(Failure) {
         try makeDirectory(config.stateDir, owner: nil, group: account.gid, mode: 0o750)
         if config.redis.url == "embedded" {
@@ -23,6 +23,9 @@ public enum WorkerFileAccess {
         }
         var owned = [(config.stateDir as NSString).appendingPathComponent("ssh")]
         if config.provider == .local { owned.append(config.local.workspace) }
+        // The qemu workers restore, pause and restart their VMs: overlays, QMP sockets and pid
+        // files an import run as root made must be theirs.
+        if config.provider == .qemu { owned.append((config.stateDir as NSString).appendingPathComponent("qemu")) }
         for directory in owned {
             try makeDirectory(directory, owner: account.uid, group: account.gid, mode: 0o750)
             // Files a run as root left behind (an earlier allow_root run) would be beyond the
