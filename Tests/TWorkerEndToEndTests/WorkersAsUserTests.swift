@@ -90,4 +90,28 @@ struct WorkersAsUserTests {
             #expect(!FileManager.default.fileExists(atPath: socket), "\(master.output)")
         }
     }
+
+    @Test func qemuWorkersGetTheVMFilesAnImportAsRootMade() async throws {
+        try await Self.withAccount { user in
+            let directory = try TempDirectory(prefix: "tworker-asuser")
+            defer { directory.remove() }
+            let stateDir = directory.path + "/var"
+            let vmDirectory = stateDir + "/qemu/worker-1"
+            try FileManager.default.createDirectory(atPath: vmDirectory, withIntermediateDirectories: true)
+            try Data().write(to: URL(fileURLWithPath: vmDirectory + "/disk.qcow2"))
+            var config = WorkerConfig.defaults(env: "test")
+            config.provider = .qemu
+            config.stateDir = stateDir
+            config.redis.url = "redis://127.0.0.1:6379"
+            let account = try #require(try WorkerAccount.resolve(SupervisorSettings(user: user, group: user)))
+            try WorkerFileAccess.prepare(config, for: account)
+            var info = stat()
+            for path in [stateDir + "/qemu", vmDirectory, vmDirectory + "/disk.qcow2"] {
+                try #require(stat(path, &info) == 0)
+                #expect(info.st_uid == account.uid && info.st_gid == account.gid, "\(path) is the workers'")
+            }
+            try #require(stat(stateDir, &info) == 0)
+            #expect(info.st_gid == account.gid && info.st_mode & 0o007 == 0)
+        }
+    }
 }
