@@ -7,9 +7,13 @@ Sections, each printed with its goal and PASS/MISS:
   3. latency          200 jobs enqueued ~20 ms apart to a running worker: queued_at -> started_at
   4. log              one job printing 64 MiB: MiB/s, log stream size, peak and idle RSS
   7. master           `tworker start` with vms.count 8: start -> all idle in Redis, total RSS of master + workers
+  8. qemu             provider: qemu with the test guest (boxes/qemu/build-test-image): `tworker vms import`
+                      of 2 workers (boot-to-SSH per VM); one worker, jobs one at a time to a VM restored and
+                      paused: enqueue -> first log entry; jobs back to back: finished_at -> next started_at
+                      (reset-to-SSH); qemu RSS per VM; two workers: jobs/min.  Skipped without qemu.
 
-Everything lives in a temp dir (redis-server, config, state, git repo) removed at the end;
-redis-server and every worker are stopped by PID, always.  Exit code: 0 when every section
+Everything lives in a temp dir (redis-server, config, state, git repo, VM overlays) removed at the
+end; redis-server, every worker and every qemu are stopped by PID, always.  Exit code: 0 when every section
 ran (goals may still be missed), 1 when a section could not run, 2 on a usage error.
 """
 
@@ -303,12 +307,12 @@ class Bench:
 
     # -- config and workers -----------------------------------------------------------------
 
-    def write_config(self, name, transport="tcp", log_length=None, log_silence=None):
+    def write_config(self, name, transport="tcp", log_length=None, log_silence=None, provider="local"):
         cdir = os.path.join(self.tmp, "config-" + name)
         os.makedirs(cdir, exist_ok=True)
         url = "redis://127.0.0.1:%d" % self.port if transport == "tcp" else "unix://" + self.sock_path
         lines = [
-            "provider: local",
+            "provider: %s" % provider,
             "host: %s" % HOST,
             "queue: %s" % QUEUE,
             "state_dir: %s" % os.path.join(self.tmp, "state-" + name),
@@ -325,10 +329,10 @@ class Bench:
             f.write("\n".join(lines) + "\n")
         return cdir
 
-    def spawn_worker(self, cdir, burst, env=None):
+    def spawn_worker(self, cdir, burst, env=None, vm=VM):
         self.run_no += 1
         log_path = os.path.join(self.tmp, "worker-%d.log" % self.run_no)
-        cmd = [self.tworker, "work", "--env", ENV, "--config-dir", cdir, "--vm", VM]
+        cmd = [self.tworker, "work", "--env", ENV, "--config-dir", cdir, "--vm", vm]
         if burst:
             cmd.append("--burst")
         logf = open(log_path, "wb")
@@ -994,10 +998,320 @@ class Bench:
                 except OSError:
                     pass
 
+    # -- 8. qemu ----------------------------------------------------------------------------
+
+    QEMU_PREFIX = "tworker-bench-"
+
+    def qemu_image(self):
+        """The test guest's directory (built with boxes/qemu/build-test-image when it holds no
+        complete image) and its worker.yml fragment."""
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        image = os.path.abspath(self.args.qemu_image or os.path.join(repo, ".build-qemu-image"))
+        # A complete image is only read: the build script would take its lock file for writing.
+        if not os.path.exists(os.path.join(image, ".complete")):
+            print("  building the test guest into %s (boxes/qemu/build-test-image)" % image, flush=True)
+            r = subprocess.run([os.path.join(repo, "boxes", "qemu", "build-test-image"), image], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
+            if r.returncode != 0:
+                raise RuntimeError("boxes/qemu/build-test-image %s exited %d:\n%s"
+                                   % (image, r.returncode, r.stdout.decode(errors="replace")[-3000:]))
+        with open(os.path.join(image, "worker.yml")) as f:
+            return image, f.read()
+
+    @staticmethod
+    def free_port_base(count):
+        """A port_base whose next `count` ports are free on 127.0.0.1 (ssh.port_base + N)."""
+        for _ in range(50):
+            base = free_port() - 1
+            try:
+                for n in range(1, count + 1):
+                    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                        s.bind(("127.0.0.1", base + n))
+                return base
+            except OSError:
+                continue
+        raise RuntimeError("no %d consecutive free ports found" % count)
+
+    def qemu_pid(self, state_dir, vm):
+        """The pid of this run's qemu for `vm` (from its pid file, checked against its -name), or None."""
+        try:
+            with open(os.path.join(state_dir, "qemu", vm, "qemu.pid")) as f:
+                pid = int(f.read().strip())
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                argv = f.read().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        return pid if (self.QEMU_PREFIX + vm).encode() in argv else None
+
+    @staticmethod
+    def cpu_ns(pid):
+        """CPU time of all of a process's threads in ns (/proc/<pid>/task/*/schedstat), or None when it is gone."""
+        total = 0
+        try:
+            tasks = os.listdir("/proc/%d/task" % pid)
+        except OSError:
+            return None
+        for t in tasks:
+            try:
+                with open("/proc/%d/task/%s/schedstat" % (pid, t)) as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass  # a thread that just ended
+        return total
+
+    def wait_paused(self, pid, quiet=0.5, timeout=30):
+        """Waits until qemu's CPU time stops growing (a paused guest costs ~0.05% of a core, a
+        running idle one ~14%, a loadvm a whole core) and returns the wall time at which it
+        stopped: the end of the last 10 ms sample in which it used more than 0.5 ms of CPU."""
+        deadline = time.monotonic() + timeout
+        prev = self.cpu_ns(pid)
+        last_busy = time.time()
+        while True:
+            time.sleep(0.01)
+            now, c = time.time(), self.cpu_ns(pid)
+            if c is None or prev is None:
+                raise RuntimeError("qemu %d is gone" % pid)
+            if c - prev > 500_000:
+                last_busy = now
+            prev = c
+            if now - last_busy >= quiet:
+                return last_busy
+            if time.monotonic() > deadline:
+                raise RuntimeError("qemu %d still busy after %d s: its guest was not paused" % (pid, timeout))
+
+    def qemu(self):
+        """provider: qemu with the test guest: import, per-job latency and reset on one worker,
+        qemu's RSS, and jobs/min of two workers."""
+        print("\n== 8. qemu provider: the test guest of boxes/qemu/build-test-image ==", flush=True)
+        section = "8 qemu"
+        res = self.results
+        missing = [t for t in ("qemu-system-x86_64", "qemu-img") if shutil.which(t) is None]
+        if missing:
+            reason = "%s not on PATH (apt-get install qemu-system-x86 qemu-utils)" % " and ".join(missing)
+            print("  skipped: " + reason)
+            res.add(section, "skipped", reason)
+            return
+        image, fragment = self.qemu_image()
+        print("  image: %s" % image)
+        self.reset()
+        count = 2
+        cdir = self.write_config("qemu", provider="qemu")
+        state_dir = os.path.join(self.tmp, "state-qemu")
+        with open(os.path.join(cdir, "worker.%s.yml" % ENV), "a") as f:
+            f.write("\n".join([
+                "vms:", "  count: %d" % count, "  memory: %d" % self.args.qemu_memory, "  name_prefix: %s" % self.QEMU_PREFIX,
+                "  provision: []",
+                "ssh:", "  port_base: %d" % self.free_port_base(count),
+                "qemu:", "  accel: %s" % self.args.qemu_accel,
+                "timeouts:", "  vm_boot: 180", "  qemu: 120",
+            ]) + "\n")
+        # The operator's file: the image's fragment as the script wrote it, choosing the provider.
+        with open(os.path.join(cdir, "worker.yml"), "w") as f:
+            f.write(fragment.rstrip("\n") + "\nprovider: qemu\n")
+        vms = ["worker-%d" % n for n in range(1, count + 1)]
+        workers = []
+        seen_pids = set()
+
+        def tworker_vms(*args, timeout=900):
+            t = time.monotonic()
+            r = subprocess.run([self.tworker, "vms"] + list(args) + ["--env", ENV, "--config-dir", cdir], env=self.worker_env,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=self.tmp,
+                               timeout=timeout)
+            out = r.stdout.decode(errors="replace")
+            if r.returncode != 0:
+                raise RuntimeError("tworker vms %s exited %d:\n%s" % (" ".join(args), r.returncode, out[-3000:]))
+            return time.monotonic() - t, out
+
+        def note_pids():
+            for vm in vms:
+                pid = self.qemu_pid(state_dir, vm)
+                if pid:
+                    seen_pids.add((pid, vm))
+
+        try:
+            # -- 1. import: overlay, boot, SSH, savevm sandbox, stop; one VM after the other.
+            took, out = tworker_vms("import")
+            print("\n".join("  | " + l for l in out.splitlines()))
+            steps = {}
+            for line in out.splitlines():
+                m = re.match(r"^(%s\S+)\s+(.+?)\s+([0-9.]+) s$" % re.escape(self.QEMU_PREFIX), line.strip())
+                if m:
+                    steps.setdefault(m.group(1), {})[m.group(2)] = float(m.group(3))
+            accel = "?"
+            boots = []
+            for name in sorted(steps):
+                s = steps[name]
+                boot_key = next((k for k in s if k.startswith("boot (")), None)
+                if boot_key:
+                    accel = boot_key[len("boot ("):-1]
+                boot = (s.get(boot_key, 0) if boot_key else 0) + s.get("wait for SSH", 0)
+                boots.append(boot)
+                res.add(section, "import %s: boot / wait for SSH+clock / savevm / stop" % name[len(self.QEMU_PREFIX):],
+                        "%.2f / %.2f / %.2f / %.2f s" % (s.get(boot_key, float("nan")) if boot_key else float("nan"),
+                                                         s.get("wait for SSH", float("nan")), s.get("savevm sandbox", float("nan")),
+                                                         s.get("stop", float("nan"))))
+            if boots:
+                res.add(section, "boot-to-SSH per VM (qemu start -> SSH session; alone)",
+                        " / ".join("%.2f s" % b for b in boots), "report")
+            res.add(section, "`tworker vms import` of %d workers (wall)" % count, "%.1f s" % took)
+
+            # -- 2. one worker, jobs one at a time, each to a VM restored and paused.
+            w1 = self.spawn_worker(cdir, burst=False, vm="worker-1")
+            workers.append(w1)
+            self.wait_ready(w1, timeout=30)
+            first = "qemu-first"
+            self.enqueue_all([{"id": first, "config": {"script": ["echo hi"]}}])
+            if not self.wait_final([first], timeout=300, worker=w1):
+                raise RuntimeError("the first job was not final after 300 s:\n%s" % tail(w1.log_path))
+            note_pids()
+            rec = self.records([first])[first]
+            self.check_states({first: rec}, "qemu first job")
+            pid1 = self.qemu_pid(state_dir, "worker-1")
+            if pid1 is None:
+                raise RuntimeError("no qemu runs for worker-1 after its first job:\n%s" % tail(w1.log_path))
+            if rec.get("started_at") and rec.get("received_at"):
+                res.add(section, "first job of a worker: received -> started (qemu -loadvm sandbox, SSH, clock)",
+                        "%.2f s" % (parse_iso(rec["started_at"]) - parse_iso(rec["received_at"])), "report")
+            self.wait_paused(pid1)
+
+            n = self.args.qemu_jobs
+            ids = ["qemu-seq-%02d" % i for i in range(n)]
+            first_log, first_log_at, paused_after = [], {}, []
+            self.r("SADD", QUEUES_KEY, QUEUE)
+            for i in ids:
+                key = "tworker:job:%s:log" % i
+                queued_at = now_iso()
+                enq_wall, enq = time.time(), time.monotonic()
+                self.r("RPUSH", QUEUE_KEY, envelope({"id": i, "config": {"script": ["echo hi"]}}, queued_at=queued_at))
+                deadline = enq + 120
+                while True:
+                    page = self.r("XRANGE", key, "-", "+", "COUNT", "1")
+                    if page:
+                        first_log.append(time.monotonic() - enq)
+                        first_log_at[i] = enq_wall + first_log[-1]
+                        break
+                    if w1.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("no log entry for %s:\n%s" % (i, tail(w1.log_path)))
+                    time.sleep(0.005)
+                if not self.wait_final([i], timeout=120, worker=w1):
+                    raise RuntimeError("job %s not final after 120 s:\n%s" % (i, tail(w1.log_path)))
+                paused = self.wait_paused(pid1)
+                fin = parse_iso(self.records([i])[i].get("finished_at"))
+                if fin is not None:
+                    paused_after.append(paused - fin)
+                time.sleep(0.2)
+            recs = self.records(ids)
+            passed = self.check_states(recs, "qemu sequential")
+            prep = [parse_iso(r["started_at"]) - parse_iso(r["received_at"]) for r in recs.values() if r.get("started_at")]
+            start = [parse_iso(r["started_at"]) - parse_iso(r["queued_at"]) for r in recs.values() if r.get("started_at")]
+            run = [parse_iso(r["finished_at"]) - parse_iso(r["started_at"]) for r in recs.values() if r.get("finished_at")]
+            to_log = [first_log_at[i] - parse_iso(r["started_at"]) for i, r in recs.items() if r.get("started_at")]
+            pct = lambda v: "p50 %.2f / p99 %.2f s" % (percentile(v, 50), percentile(v, 99))
+            res.add(section, "enqueue -> first log entry, VM waiting (%d jobs, client polls 5 ms)" % n, pct(first_log),
+                    "p50 <= 0.5 s", percentile(first_log, 50) <= 0.5)
+            res.add(section, "  queued_at -> started_at", pct(start))
+            res.add(section, "    of which received_at -> started_at (cont, SSH, clock)", pct(prep))
+            res.add(section, "  started_at -> first log entry (build's ssh session, log flush <= 200 ms)", pct(to_log))
+            res.add(section, "  started_at -> finished_at (echo hi over SSH)", pct(run))
+            res.add(section, "reset after a job: finished_at -> qemu paused (loadvm+stop)", pct(paused_after))
+            res.add(section, "jobs passed (one at a time)", "%d / %d" % (passed, n), str(n), passed == n)
+
+            # Reset-to-SSH as the queue sees it: n+1 jobs queued at once, so each next job waits
+            # for the previous one's reset; finished_at(k) -> started_at(k+1) is loadvm + stop,
+            # taking the next job, cont, SSH banner and the clock set.
+            ids = ["qemu-b2b-%02d" % i for i in range(n + 1)]
+            t0 = time.time()
+            self.enqueue_all([{"id": i, "config": {"script": ["echo hi"]}} for i in ids], queued_at=now_iso())
+            if not self.wait_final(ids, timeout=60 + 20 * len(ids), worker=w1):
+                raise RuntimeError("back-to-back jobs not final:\n%s" % tail(w1.log_path))
+            recs = self.records(ids)
+            passed = self.check_states(recs, "qemu back-to-back")
+            ordered = sorted(recs.values(), key=lambda r: parse_iso(r["received_at"]))
+            gaps = [parse_iso(b["started_at"]) - parse_iso(a["finished_at"]) for a, b in zip(ordered, ordered[1:])]
+            span = max(parse_iso(r["finished_at"]) for r in ordered) - t0
+            res.add(section, "reset-to-SSH: finished_at -> next job's started_at (%d jobs queued at once)" % len(ids), pct(gaps),
+                    "p50 <= 1.5 s", percentile(gaps, 50) <= 1.5)
+            res.add(section, "  one worker, echo hi back to back", "%.1f jobs/min (%d in %.1f s)" % (60 * len(ids) / span, len(ids), span))
+            res.add(section, "jobs passed (back to back)", "%d / %d" % (passed, len(ids)), str(len(ids)), passed == len(ids))
+            self.wait_paused(pid1)
+            rss_paused = proc_status(pid1, "VmRSS")
+
+            # -- 4. two workers; warm the second (its first job starts its qemu from sandbox).
+            w2 = self.spawn_worker(cdir, burst=False, vm="worker-2")
+            workers.append(w2)
+            self.wait_ready(w2, timeout=30)
+            for attempt in range(4):
+                # Two jobs at once: worker-1 takes one and is busy for 2 s, worker-2 the other.
+                warm = ["qemu-warm-%d-%d" % (attempt, k) for k in range(2)]
+                self.enqueue_all([{"id": i, "config": {"script": ["sleep 2"]}} for i in warm])
+                if not self.wait_final(warm, timeout=300, worker=w2):
+                    raise RuntimeError("warm-up jobs not final:\n%s" % tail(w2.log_path))
+                if any(r.get("vm") == "worker-2" for r in self.records(warm).values()):
+                    break
+            note_pids()
+            pid2 = self.qemu_pid(state_dir, "worker-2")
+            if pid2 is None:
+                raise RuntimeError("worker-2 ran no job in 4 tries:\n%s" % tail(w2.log_path))
+            self.wait_paused(pid1)
+            self.wait_paused(pid2)
+            jobs = self.args.qemu_parallel_jobs
+            ids = ["qemu-par-%02d" % i for i in range(jobs)]
+            t0 = time.time()
+            self.enqueue_all([{"id": i, "config": {"script": ["true"]}} for i in ids], queued_at=now_iso())
+            if not self.wait_final(ids, timeout=60 + 20 * jobs, worker=w1):
+                raise RuntimeError("parallel jobs not final:\n%s\n%s" % (tail(w1.log_path), tail(w2.log_path)))
+            recs = self.records(ids)
+            passed = self.check_states(recs, "qemu two workers")
+            span = max(parse_iso(r["finished_at"]) for r in recs.values()) - t0
+            per_vm = {}
+            for r in recs.values():
+                per_vm[r.get("vm", "?")] = per_vm.get(r.get("vm", "?"), 0) + 1
+            res.add(section, "2 workers, %d `script: true` jobs queued at once" % jobs,
+                    "%.1f jobs/min (%.1f s; %s)" % (60 * jobs / span, span,
+                                                   ", ".join("%s: %d" % kv for kv in sorted(per_vm.items()))), "report")
+            res.add(section, "jobs passed (two workers)", "%d / %d" % (passed, jobs), str(jobs), passed == jobs)
+
+            # -- 3. RSS per VM, both VMs restored and paused.
+            self.wait_paused(pid1)
+            self.wait_paused(pid2)
+            rss = [proc_status(pid, "VmRSS") or 0 for pid in (pid1, pid2)]
+            res.add(section, "qemu VmRSS per VM, paused at sandbox (-m %d)" % self.args.qemu_memory,
+                    " / ".join("%.0f MiB" % (k / 1024) for k in rss) + (" (worker-1 before worker-2 started: %.0f MiB)"
+                                                                       % ((rss_paused or 0) / 1024)), "report")
+
+            # -- 5. the accelerator, and what KVM would change.
+            res.add(section, "accel (qemu.accel: %s)" % self.args.qemu_accel, accel)
+            if accel == "tcg":
+                res.add(section, "with KVM (qemu.accel: kvm)", "not measured: no usable KVM here; the guest boots in well "
+                        "under a second under KVM (QEMU.md)")
+        finally:
+            note_pids()
+            for p in workers:
+                if p in self.children:
+                    code, _ = self.stop_worker(p, timeout=30)
+                    if code != 0:
+                        print("  WARNING: worker %d exited %s on SIGTERM" % (p.pid, code))
+            try:
+                tworker_vms("remove", "--yes", timeout=120)
+            except Exception as e:  # the pids below are still stopped
+                print("  WARNING: tworker vms remove: %s" % e)
+            # Whatever qemu still runs (a worker killed with SIGKILL leaves its VM): by PID,
+            # only when its command line still carries this run's -name.
+            for pid, vm in seen_pids:
+                try:
+                    with open("/proc/%d/cmdline" % pid, "rb") as f:
+                        if (self.QEMU_PREFIX + vm).encode() not in f.read().split(b"\0"):
+                            continue
+                    print("  killing qemu %d (%s) left running" % (pid, vm))
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            self.leftovers()
+
     def run(self):
         sections = [("throughput", self.throughput), ("checkout", self.checkout),
                     ("latency", self.latency), ("log", self.log_throughput), ("virtualbox", self.virtualbox), ("lifecycle", self.lifecycle),
-                    ("master", self.master)]
+                    ("master", self.master), ("qemu", self.qemu)]
         wanted = set(self.args.only.split(",")) if self.args.only else None
         t0 = time.monotonic()
         try:
@@ -1051,7 +1365,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=2, help="rounds of sections 1 and 2; the best is reported (2)")
     ap.add_argument("--burst-timeout", type=int, default=120, help="seconds a --burst worker may run (120)")
     ap.add_argument("--vbox-jobs", type=int, default=20, help="jobs of the virtualbox section (20)")
-    ap.add_argument("--only", help="comma-separated sections: throughput,checkout,latency,log,virtualbox,lifecycle,master")
+    ap.add_argument("--qemu-image", help="the qemu test guest's directory (default: .build-qemu-image in this repo; "
+                    "built with boxes/qemu/build-test-image when it holds no complete image)")
+    ap.add_argument("--qemu-jobs", type=int, default=20, help="jobs one at a time, and back to back, in the qemu section (20)")
+    ap.add_argument("--qemu-parallel-jobs", type=int, default=20, help="`script: true` jobs for two qemu workers (20)")
+    ap.add_argument("--qemu-memory", type=int, default=256, help="vms.memory (MiB) of the qemu section's VMs (256)")
+    ap.add_argument("--qemu-accel", choices=("auto", "kvm", "tcg"), default="auto",
+                    help="qemu.accel of the qemu section (auto: kvm where it works, else tcg)")
+    ap.add_argument("--only", help="comma-separated sections: throughput,checkout,latency,log,virtualbox,lifecycle,master,qemu")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (worker logs, config)")
     args = ap.parse_args()
     if not os.access(args.tworker, os.X_OK):
