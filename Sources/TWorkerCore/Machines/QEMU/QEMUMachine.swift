@@ -51,13 +51,7 @@ public final class QEMUMachine: Machine {
     // MARK: - The provider's edge: whatever is thrown inside leaves as an InfrastructureError
 
     public func prepare() async throws(InfrastructureError) {
-        do {
-            try await InfrastructureError.mapping("preparing VM \(vmName)") { try await readyForJob() }
-        } catch {
-            let message = describe(error)
-            await dropConnection()
-            throw InfrastructureError(message)
-        }
+        try await resettingOnFailure("preparing VM \(vmName)") { try await readyForJob() }
     }
 
     public func run(script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws(InfrastructureError) -> BuildExit {
@@ -71,8 +65,14 @@ public final class QEMUMachine: Machine {
     }
 
     public func release() async throws(InfrastructureError) {
+        try await resettingOnFailure("resetting VM \(vmName) after the job") { try await restoreAndPause() }
+    }
+
+    /// A failed prepare or reset leaves the VM in an unknown state: drop the QMP connection so
+    /// the next prepare starts from the pid file and `sandbox`.
+    private func resettingOnFailure(_ context: String, _ body: () async throws -> Void) async throws(InfrastructureError) {
         do {
-            try await InfrastructureError.mapping("resetting VM \(vmName) after the job") { try await restoreAndPause() }
+            try await InfrastructureError.mapping(context, body)
         } catch {
             let message = describe(error)
             await dropConnection()
