@@ -170,9 +170,23 @@ def percentile(values, p):
 
 
 def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port on 127.0.0.1 below the kernel's ephemeral range, so that no outgoing connection
+    (ssh, redis clients) takes it between this pick and the bind of whatever is given it."""
+    import random
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ceiling = min(int(f.read().split()[0]), 65000)
+    except (OSError, ValueError, IndexError):
+        ceiling = 32768
+    for _ in range(200):
+        port = random.randrange(10000, ceiling - 16)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port on 127.0.0.1 below %d" % ceiling)
 
 
 def proc_status(pid, field):

@@ -45,22 +45,10 @@ struct VirtualBoxHost {
     static func freePortBase(count: Int) throws -> Int {
         for _ in 0..<50 {
             let base = try freeLoopbackPort() - 1
-            guard base + count < 65000 else { continue }
-            if try (1...count).allSatisfy({ try portIsFree(base + $0) }) { return base }
+            guard base + count < 32000 else { continue }  // stay below the ephemeral range
+            if try (1...count).allSatisfy({ try loopbackPortIsFree(base + $0) }) { return base }
         }
         throw TestSupportError("no run of \(count) free ports")
-    }
-
-    static func portIsFree(_ port: Int) throws -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-        }
     }
 
     /// Successful mutating VBoxManage calls (reads and lock-error retries left out), as `subcommand [action]`.
