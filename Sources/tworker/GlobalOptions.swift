@@ -75,6 +75,8 @@ func reportingFailures<T>(_ body: () async throws -> T) async throws -> T {
     } catch let error as CleanExit {
         throw error
     } catch {
+        // A signal's cleanup ended what the command ran: its exit (128+signal) is on its way.
+        while ExitOnSignals.isExiting { try? await Task.sleep(for: .seconds(1)) }
         printError("\(error)")
         throw ExitCode.failure
     }

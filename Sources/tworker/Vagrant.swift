@@ -35,10 +35,14 @@ struct LifecycleContext {
     let connection: RedisConnection
     let lifecycle: Lifecycle
     let lock: LifecycleLock?
+    let signals: ExitOnSignals
 
     /// `needs` names the programs the command runs: a missing one stops it before it touches anything.
     static func make(_ global: GlobalOptions, locking: Bool = true,
                      needs: (WorkerConfig) -> [Program] = { Program.forLifecycle($0) }) async throws -> LifecycleContext {
+        // INT/TERM/HUP end what runs (programs sit in process groups of their own, out of a
+        // terminal's reach) and leave the embedded Redis as a normal end does.
+        let signals = await ExitOnSignals.trap()
         let config = try global.load().config
         try ProgramLocator().check(needs(config))
         let logger = global.logger(config)
@@ -51,10 +55,18 @@ struct LifecycleContext {
         // A worker finishes its running job before its VM is touched: at most a hard limit.
         let maintenance = Maintenance(redis: connection, keys: keys, drainTimeout: .seconds(config.timeouts.hardLimit + 60), logger: logger)
         let lifecycle = Lifecycle(config: config, runner: runner, maintenance: maintenance, progress: LifecycleProgress(), logger: logger)
-        return LifecycleContext(config: config, logger: logger, redis: redis, connection: connection, lifecycle: lifecycle, lock: lock)
+        let context = LifecycleContext(config: config, logger: logger, redis: redis, connection: connection,
+                                       lifecycle: lifecycle, lock: lock, signals: signals)
+        signals.cleanUp {
+            ProgramGroups.terminateAll()
+            context.lifecycle.progress.close()
+            redis.shutdown()  // not the connection: the command's own task may be using it
+        }
+        return context
     }
 
     func finish() {
+        signals.cancel()
         lifecycle.progress.close()
         connection.close()
         redis.shutdown()

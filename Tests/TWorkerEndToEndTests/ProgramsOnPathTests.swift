@@ -185,3 +185,48 @@ struct ProgramsOnPathTests {
         }
     }
 }
+
+/// Ctrl-C of a lifecycle command: the programs it runs sit in process groups of their own (so a
+/// timeout can end everything they started), out of the terminal's reach; tworker ends them.
+@Suite(.serialized) struct LifecycleInterruptTests {
+    @Test(arguments: [SIGINT, SIGTERM])
+    func aSignalToALifecycleCommandEndsTheProgramItWasRunning(signal: Int32) async throws {
+        try await PathHost.with(createVMs: true) { host in
+            try host.fake.inject("showvminfo", fault: .hang)
+            let process = try SpawnedProcess.spawn(
+                try tworkerExecutable(), ["vagrant", "status", "--env", "test", "--config-dir", host.host.configDir],
+                environment: ["PATH": host.pathWithFakes, "HOME": host.host.directory.path],
+                log: host.host.directory.path + "/status-\(signal).log")
+            var hung: pid_t?
+            _ = await eventually(timeout: .seconds(20)) {
+                hung = childProcesses(of: process.pid).first { commandLine(of: $0).contains("VBoxManage") }
+                return hung != nil
+            }
+            let vboxmanage = try #require(hung, "tworker never ran VBoxManage: \(process.output)")
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(!processIsGone(vboxmanage), "VBoxManage did not hang: \(process.output)")
+            process.signal(signal)
+            let status = await process.waitForExit(timeout: .seconds(10))
+            if status == nil { await process.kill9() }
+            #expect(status == 128 + signal, "\(process.output)")
+            #expect(await eventually(timeout: .seconds(5)) { processIsGone(vboxmanage) }, "VBoxManage outlived tworker")
+            try host.fake.clearFaults()
+        }
+    }
+}
+
+/// Direct children of `pid`, found by parent pid in /proc.
+private func childProcesses(of pid: pid_t) -> [pid_t] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return entries.compactMap { pid_t($0) }.filter { candidate in
+        guard let stat = try? String(contentsOfFile: "/proc/\(candidate)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return false }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 1 && pid_t(fields[1]) == pid
+    }
+}
+
+private func commandLine(of pid: pid_t) -> String {
+    guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return "" }
+    return String(decoding: data.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
+}

@@ -57,6 +57,7 @@ public enum ChildProcess {
             if let pid = processGroup.withLock({ $0 }) { kill(-pid, SIGKILL) }
         }
 
+        defer { if let pid = processGroup.withLock({ $0 }) { ProgramGroups.remove(pid) } }
         return try await withTaskCancellationHandler {
             async let drainedOutput: Void = { while let chunk = await outputReader.next() { await output(chunk) } }()
             async let drainedErrors: Void = {
@@ -67,6 +68,7 @@ public enum ChildProcess {
             do {
                 status = try await spawn.run { pid in
                     processGroup.withLock { $0 = pid }
+                    ProgramGroups.insert(pid)
                     started?(pid)
                     // Cancellation may have arrived before the pid was known.
                     if Task.isCancelled { kill(-pid, SIGKILL) }

@@ -12,6 +12,11 @@ public final class ExitOnSignals: Sendable {
     }
 
     private let state = Mutex(State())
+    private static let exiting = Atomic(false)
+
+    /// True once a signal's cleanup runs: a failure it causes (a program it ended) is not the
+    /// command's to report, the exit with 128+signal follows.
+    public static var isExiting: Bool { exiting.load(ordering: .acquiring) }
     private let listener = Mutex<Task<Void, Never>?>(nil)
 
     private init() {}
@@ -45,6 +50,7 @@ public final class ExitOnSignals: Sendable {
     }
 
     private func exitNow(_ signal: Int32, _ cleanup: @Sendable () -> Void) -> Never {
+        Self.exiting.store(true, ordering: .releasing)
         cleanup()
         exit(128 + signal)
     }

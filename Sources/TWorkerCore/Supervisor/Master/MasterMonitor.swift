@@ -3,10 +3,12 @@ import RedisClient
 
 extension Master {
     /// Samples what sends no event (heartbeats in Redis, memory in /proc) and runs the reaper;
-    /// what it finds goes to the state machine as events.
+    /// what it finds goes to the state machine as events. It wakes for the next thing due: often
+    /// only while a new worker has not shown its heartbeat yet, at most once a second otherwise.
     func monitor() async {
         var lastWatchdog = ContinuousClock.now
         var lastReap = ContinuousClock.now
+        let reapInterval = Duration.seconds(max(1, config.heartbeat.interval))
         while !Task.isCancelled && state.finished == nil {
             await checkReadiness()
             let now = ContinuousClock.now
@@ -15,11 +17,14 @@ extension Master {
                 checkMemory()
                 await checkStuck()
             }
-            if now - lastReap >= .seconds(max(1, config.heartbeat.interval)) {
+            if now - lastReap >= reapInterval {
                 lastReap = now
                 if let reaper = setup.reaper { await reaper(config, redis, logger) }
             }
-            try? await Task.sleep(for: .milliseconds(200))
+            let awaitingReadiness = state.slots.values.contains { $0.pid != nil && !$0.ready }
+            let due = min(lastWatchdog + settings.watchdogInterval, lastReap + reapInterval,
+                          ContinuousClock.now + (awaitingReadiness ? .milliseconds(100) : .seconds(1)))
+            try? await Task.sleep(until: due)
         }
     }
 

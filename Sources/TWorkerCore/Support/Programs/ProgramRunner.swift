@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Subprocess
+import Synchronization
 #if canImport(System)
 import System
 #else
@@ -88,7 +89,9 @@ public struct ProgramRunner: ProgramRunning {
         case timedOut
     }
 
-    /// The Subprocess call; captured and discarded output are different generic types.
+    /// The Subprocess call; captured and discarded output are different generic types. The
+    /// program leads a process group of its own: on a timeout or a cancel Subprocess TERMs the
+    /// group, then KILLs it, so nothing it started outlives it.
     private static func spawn(_ executable: String, _ command: ProgramCommand) async throws -> Outcome {
         let path = Executable.path(FilePath(executable))
         let arguments = Arguments(command.arguments)
@@ -99,13 +102,27 @@ public struct ProgramRunner: ProgramRunning {
             .custom(Dictionary(uniqueKeysWithValues: variables.map { (Environment.Key(stringLiteral: $0.key), $0.value) }))
         }
         let directory = command.workingDirectory.map { FilePath($0) }
+        var options = PlatformOptions()
+        options.processGroupID = 0
+        options.teardownSequence = [.send(signal: .terminate, toProcessGroup: true, allowedDurationToNextStep: .seconds(2))]
+        let group = Mutex<pid_t?>(nil)
+        defer { if let pid = group.withLock({ $0 }) { ProgramGroups.remove(pid) } }
+        @Sendable func register(_ pid: pid_t) {
+            group.withLock { $0 = pid }
+            ProgramGroups.insert(pid)
+        }
         if command.capturesOutput {
             let result = try await Subprocess.run(path, arguments: arguments, environment: environment, workingDirectory: directory,
-                                                  output: .string(limit: command.outputLimit), error: .string(limit: command.errorLimit))
+                                                  platformOptions: options, input: .none,
+                                                  output: .string(limit: command.outputLimit), error: .string(limit: command.errorLimit)) {
+                register($0.processIdentifier.value)
+            }
             return .finished(result.terminationStatus, ProgramOutput(stdout: result.standardOutput, stderr: result.standardError))
         }
         let result = try await Subprocess.run(path, arguments: arguments, environment: environment, workingDirectory: directory,
-                                              output: .discarded, error: .discarded)
+                                              platformOptions: options, input: .none, output: .discarded, error: .discarded) {
+            register($0.processIdentifier.value)
+        }
         return .finished(result.terminationStatus, ProgramOutput())
     }
 }
