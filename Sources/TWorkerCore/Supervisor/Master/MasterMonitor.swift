@@ -21,7 +21,8 @@ extension Master {
                 lastReap = now
                 if let reaper = setup.reaper { await reaper(config, redis, logger) }
             }
-            let awaitingReadiness = state.slots.values.contains { $0.pid != nil && !$0.ready }
+            // A slot being spawned has no pid yet: its heartbeat is due soon all the same.
+            let awaitingReadiness = state.slots.values.contains { !$0.ready }
             let due = min(lastWatchdog + settings.watchdogInterval, lastReap + reapInterval,
                           ContinuousClock.now + (awaitingReadiness ? .milliseconds(100) : .seconds(1)))
             try? await Task.sleep(until: due)
