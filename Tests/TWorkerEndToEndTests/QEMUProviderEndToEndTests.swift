@@ -129,6 +129,39 @@ struct QEMUProviderEndToEndTests {
         }
     }
 
+    /// `tworker stop` leaves no qemu running, even when a second TERM kills the workers mid-build
+    /// (a killed worker cannot stop its VM: the master does, by pid file and `-name`).
+    @Test(.timeLimit(.minutes(5)))
+    func aSecondTermLeavesNoQEMURunning() async throws {
+        try await Self.withQEMUHost { host, _ in
+            let config = try host.config()
+            let provider = QEMUProvider(config: config, logger: Logger(label: "test-qemu"))
+            let machines = try (1...2).map { try provider.qemuMachine(named: "worker-\($0)") }
+            var seen: [pid_t] = []
+            defer { for pid in seen + machines.compactMap(\.pid) { kill(pid, SIGKILL) } }
+            let imported = try await host.cli(["vms", "import", "--env", "test", "--config-dir", host.configDir])
+            try #require(imported.status == 0, "\(imported.out)\n\(imported.err)")
+            try await host.withMaster(workers: 2, waitIdle: false) { master in
+                let up = await master.waitForWorkers(2, timeout: .seconds(120))
+                try #require(up, "\(master.output)")
+                let id = try await host.push(script: ["echo started", "sleep 120"])
+                let started = try await eventually(timeout: .seconds(90)) { try await host.log(id).text.contains("started") }
+                try #require(started, "\(master.output)")
+                seen = machines.compactMap(\.pid)
+                #expect(!seen.isEmpty, "the busy worker's qemu runs")
+                master.signal(SIGTERM)
+                try await Task.sleep(for: .milliseconds(50))
+                master.signal(SIGTERM)
+                let status = await master.process.waitForExit(timeout: .seconds(30))
+                #expect(status == 1, "\(master.output)")
+                let gone = await eventually(timeout: .seconds(10)) { machines.allSatisfy { $0.pid == nil } }
+                #expect(gone, "qemu left running after the master exited: \(machines.compactMap(\.pid))\n\(master.output)")
+                #expect(seen.allSatisfy { !QEMUProcess.isAlive($0) })
+                #expect(try await host.record(id)["state"] != "passed", "the job was not run to its end")
+            }
+        }
+    }
+
     /// `tworker vms import` makes 2 overlays on one base; a worker killed with SIGKILL leaves its
     /// qemu running, and the restarted worker stops it before it takes jobs.
     @Test(.timeLimit(.minutes(10)))

@@ -61,6 +61,8 @@ public actor Master {
     let redis: RedisConnection
     let logger: Logger
     var state: MasterState
+    /// Workers killed on the second TERM: their qemu processes are stopped before the master exits.
+    private var machinesToStop: [String] = []
     let startedAt = ContinuousClock.now
     let startedWall = Date()
     /// What `run()` takes in, in order: events from outside the actor (signals, child starts
@@ -136,6 +138,7 @@ public actor Master {
             // Every child has exited or was killed (second TERM); what is left are timers and the monitor.
             group.cancelAll()
         }
+        await stopMachinesLeftByKilledWorkers()
         logger.info("master stopped", metadata: ["pid": "\(getpid())"])
         return state.finished ?? 0
     }
@@ -157,6 +160,8 @@ public actor Master {
                 Task { [redis] in _ = try? await redis.send(forget) }
             case .killBuildGroup(let vm):
                 killBuildGroup(vm)
+            case .stopMachine(let vm):
+                machinesToStop.append(vm)
             case .log(let level, let message, let metadata):
                 logger.log(level: level, "\(message)", metadata: metadata.isEmpty ? nil : metadata.mapValues { .string($0) })
             case .scheduleTimer(let at):
@@ -189,5 +194,20 @@ public actor Master {
     nonisolated static func seconds(_ duration: Duration) -> String {
         let value = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
         return String(format: "%.1f s", value)
+    }
+}
+
+extension Master {
+    /// `tworker stop` leaves nothing of tworker's running: a worker that stops cleanly stops its
+    /// VM itself; one killed on a second TERM leaves its qemu, found here by pid file and `-name`.
+    func stopMachinesLeftByKilledWorkers() async {
+        guard config.provider == .qemu, !machinesToStop.isEmpty else { return }
+        for vm in machinesToStop {
+            let directory = (config.stateDir as NSString).appendingPathComponent("qemu/\(vm)")
+            if let pid = await QEMUProcess(pidFile: directory + "/qemu.pid", name: config.vms.namePrefix + vm).stop(grace: .seconds(2)) {
+                logger.info("stopped \(vm)'s qemu (pid \(pid)) its killed worker left")
+            }
+        }
+        machinesToStop.removeAll()
     }
 }

@@ -60,6 +60,8 @@ enum MasterEffect: Equatable, Sendable {
     case forgetHeartbeat(vm: String, pid: pid_t)
     /// A killed worker's local build runs on in its own session: it dies with its worker.
     case killBuildGroup(vm: String)
+    /// A worker killed on the way out cannot stop its VM (a qemu process): the master does, last.
+    case stopMachine(vm: String)
     case log(Logger.Level, String, metadata: [String: String] = [:])
     /// Deliver `.tick` at this instant.
     case scheduleTimer(at: ContinuousClock.Instant)
@@ -289,7 +291,10 @@ struct MasterState: Sendable {
             immediateSignals += 1
             if immediateSignals > 1 {
                 effects.append(.log(.warning, "second TERM/INT: killing the workers and exiting at once; their jobs stay in the processing lists for recovery"))
-                for slot in ordered { if let pid = slot.pid { effects.append(.killTree(pid: pid)) } }
+                for slot in ordered {
+                    if let pid = slot.pid { effects.append(.killTree(pid: pid)) }
+                    effects.append(.stopMachine(vm: slot.vm))
+                }
                 finish(1, into: &effects)
                 return
             }
