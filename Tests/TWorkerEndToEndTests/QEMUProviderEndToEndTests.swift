@@ -210,6 +210,7 @@ struct QEMUProviderEndToEndTests {
     /// a VM on a throwaway overlay of the base; the workers are taken out one at a time (a running
     /// job finishes first, the other worker keeps taking jobs) and re-created on the new base; the
     /// next job on each sees the file the script wrote; an old base no overlay uses is deleted.
+    /// Then `rebuild --provision` does the same from `vms.base_image` itself.
     @Test(.timeLimit(.minutes(10)))
     func reprovisionBaseRollsTwoBusyWorkersOntoOneProvisionedBase() async throws {
         // The test guest's root is an initramfs (RAM): a new base carries what the script leaves
@@ -240,7 +241,7 @@ struct QEMUProviderEndToEndTests {
             let workers = try (1...2).map { number in try host.makeWorker(vm: "worker-\(number)") }
             let running = workers.map { worker in Task { try await worker.run() } }
             defer { for worker in workers { worker.requestStop(.immediate) } }
-            let warmup = [try await host.push(script: ["sleep 2"]), try await host.push(script: ["sleep 2"])]
+            let warmup = [try await host.push(script: ["sleep 1"]), try await host.push(script: ["sleep 1"])]
             let warmedUp = try await eventually(timeout: .seconds(240)) {
                 for id in warmup where try await host.record(id)["state"] != "passed" { return false }
                 return true
@@ -329,8 +330,8 @@ struct QEMUProviderEndToEndTests {
 
             // The next job on each worker sees what the script wrote, written once.
             let markers = [
-                try await host.push(script: ["sleep 2", "mkdir -p /mnt", "mount -o ro /dev/vda /mnt", "cat /mnt/provision-runs"]),
-                try await host.push(script: ["sleep 2", "mkdir -p /mnt", "mount -o ro /dev/vda /mnt", "cat /mnt/provision-runs"]),
+                try await host.push(script: ["sleep 1", "mkdir -p /mnt", "mount -o ro /dev/vda /mnt", "cat /mnt/provision-runs"]),
+                try await host.push(script: ["sleep 1", "mkdir -p /mnt", "mount -o ro /dev/vda /mnt", "cat /mnt/provision-runs"]),
             ]
             let ran = try await eventually(timeout: .seconds(120)) {
                 var done = 0
@@ -368,11 +369,27 @@ struct QEMUProviderEndToEndTests {
                 Issue.record("status --json: \(status.out)")
             }
 
+            // rebuild --provision: the script runs once more, on vms.base_image itself rather than on
+            // top of the current base (the marker is written once again), and the workers move to it.
+            let rebuildStarted = ContinuousClock.now
+            let rebuilt = try await host.cli(["vms", "rebuild", "--provision", "--yes"] + cli, timeout: .seconds(500))
+            let rebuildTook = ContinuousClock.now - rebuildStarted
+            #expect(rebuilt.status == 0, "\(rebuilt.out)\n\(rebuilt.err)")
+            #expect(rebuilt.out.components(separatedBy: "provision guest.sh").count == 2, "\(rebuilt.out)")
+            let rebuiltBase = try #require(provider.settings.base.provisioned)
+            #expect(rebuiltBase != newBase && provider.settings.base.images == [rebuiltBase], "the replaced base was deleted")
+            for machine in machines { #expect(try await machine.backingFile() == rebuiltBase) }
+            let fresh = try await host.push(script: ["mkdir -p /mnt", "mount -o ro /dev/vda /mnt", "cat /mnt/provision-runs"])
+            #expect(try await eventually(timeout: .seconds(120)) { try await host.record(fresh)["state"] == "passed" })
+            let freshLog = try await host.log(fresh).text
+            #expect(freshLog.components(separatedBy: "provisioned").count == 2, "provisioned from vms.base_image: \(freshLog)")
+
             for worker in workers { worker.requestStop(.graceful) }
             for task in running { try await task.value }
             for machine in machines { await machine.shutdown() }
             print("qemu reprovision --strategy base figures: 2 workers \(Self.seconds(reprovisionTook)) "
-                  + "(\(holder) drained its running job; \(flowPassedWhileHolderOut) jobs passed on \(other) while it was out)")
+                  + "(\(holder) drained its running job; \(flowPassedWhileHolderOut) jobs passed on \(other) while it was out); "
+                  + "rebuild --provision \(Self.seconds(rebuildTook))")
         }
     }
 
