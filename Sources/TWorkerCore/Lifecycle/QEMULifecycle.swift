@@ -2,7 +2,8 @@ import Foundation
 import RedisClient
 
 /// The lifecycle commands for `provider: qemu`: a worker VM is a qcow2 overlay on
-/// `vms.base_image` holding the online snapshot `sandbox`, under `<state_dir>/qemu/worker-N/`.
+/// `vms.base_image` (or on a provisioned copy of it, `QEMUBaseImage`) holding the online
+/// snapshot `sandbox`, under `<state_dir>/qemu/worker-N/`.
 extension Lifecycle {
     var qemuProvider: QEMUProvider { QEMUProvider(config: config, logger: logger) }
 
@@ -25,9 +26,10 @@ extension Lifecycle {
     /// `rebuild`: every worker re-created from `vms.base_image` itself (a provisioned base is
     /// dropped, as virtualbox's rebuild imports the box again), provision scripts on each.
     func rebuildQEMU() async throws {
-        let base = qemuProvider.settings.base
+        let provider = qemuProvider
+        let base = provider.settings.base
         if let provisioned = base.provisioned {
-            try await progress.step(qemuProvider.baseMachine().vmName, "stop using \((provisioned as NSString).lastPathComponent)") {
+            try await progress.step(provider.baseMachine().vmName, "stop using \((provisioned as NSString).lastPathComponent)") {
                 try base.use(nil)
             }
         }
