@@ -94,7 +94,7 @@ extension Vagrant {
             discussion: """
             Workers are linked clones of the base's snapshot: N workers cost one disk. Running it twice changes nothing. \
             provider: qemu: each worker gets a qcow2 overlay on vms.base_image, boots, runs the provision scripts and \
-            takes its online snapshot sandbox.
+            takes its online snapshot sandbox; on a base provisioned by reprovision --strategy base the scripts already ran there.
             """
         )
         @OptionGroup var global: GlobalOptions
@@ -111,11 +111,16 @@ extension Vagrant {
     struct Rebuild: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Rebuild every VM from the base box, one worker at a time while the others keep working.",
-            discussion: "With --provision the base is first brought up with vagrant, provisioned and packaged to a new box."
+            discussion: """
+            With --provision the base is first brought up with vagrant, provisioned and packaged to a new box. \
+            provider: qemu: every worker is re-created on vms.base_image and provisioned; with --provision the scripts \
+            run once in a VM on vms.base_image, which becomes a new base under <state_dir>/qemu/images/ that the workers \
+            are re-created on.
+            """
         )
         @OptionGroup var global: GlobalOptions
         @Flag(help: "Do not ask for confirmation.") var yes = false
-        @Flag(help: "vagrant up the base with provisioning and package it to a new box first.") var provision = false
+        @Flag(help: "vagrant up the base with provisioning and package it to a new box first (qemu: provision a new base image once).") var provision = false
 
         func run() async throws {
             try await reportingFailures {
@@ -130,7 +135,13 @@ extension Vagrant {
     struct Reprovision: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Run the provision scripts again, one worker at a time while the others keep working.",
-            discussion: "each: provision every worker VM and retake its sandbox. base: provision the base once, retake base, re-create the workers as linked clones."
+            discussion: """
+            each: provision every worker VM and retake its sandbox. base: provision the base once, retake base, re-create \
+            the workers as linked clones. provider: qemu: each re-creates every worker's overlay and provisions it; base \
+            provisions a VM on the current base once, flattens it to a new base file under <state_dir>/qemu/images/ \
+            (the one running workers use is never written), re-creates the workers' overlays on it, and deletes bases \
+            no overlay uses any more.
+            """
         )
         @OptionGroup var global: GlobalOptions
         @Option(help: "each or base.") var strategy: String

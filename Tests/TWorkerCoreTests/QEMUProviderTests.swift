@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import TWorkerCore
+import TWorkerTestSupport
 
 /// `provider: qemu` without a qemu: its config keys and the argv it would run.
 @Suite struct QEMUProviderTests {
@@ -60,6 +61,11 @@ import Testing
         #expect(QEMUImgCommand.info(image: "/d.qcow2").arguments == ["info", "-U", "--output=json", "/d.qcow2"])
         #expect(QEMUImgCommand.snapshotNames(infoJSON: #"{"snapshots":[{"id":"1","name":"sandbox"}],"format":"qcow2"}"#) == ["sandbox"])
         #expect(QEMUImgCommand.snapshotNames(infoJSON: #"{"format":"qcow2"}"#) == [])
+        #expect(QEMUImgCommand.flatten(source: "/v/base/disk.qcow2", destination: "/v/images/b.qcow2.partial").arguments
+                == ["convert", "-q", "-f", "qcow2", "-O", "qcow2", "/v/base/disk.qcow2", "/v/images/b.qcow2.partial"])
+        #expect(QEMUImgCommand.backingFile(infoJSON: #"{"backing-filename":"/img/base.qcow2","full-backing-filename":"/img/base.qcow2"}"#)
+                == "/img/base.qcow2")
+        #expect(QEMUImgCommand.backingFile(infoJSON: #"{"format":"qcow2"}"#) == nil)
 
         let launch = QEMULaunch(name: "tworker-test-worker-2", accel: "tcg", memory: 256, cpus: 1, kernel: "/k", initrd: "/i",
                                 append: "console=ttyS0", overlay: "/v/disk.qcow2", sshHost: "127.0.0.1", sshPort: 2222,
@@ -75,6 +81,29 @@ import Testing
             "-drive", "file=/v/disk.qcow2,if=virtio,format=qcow2", "-qmp", "unix:/v/qmp.sock,server=on,wait=off",
             "-pidfile", "/v/qemu.pid", "-daemonize", "-loadvm", "sandbox", "-rtc", "base=utc",
         ])
+    }
+
+    /// A provisioned base is used only while the config names the `vms.base_image` it was made from.
+    @Test func theProvisionedBaseFollowsItsPointer() throws {
+        let directory = try TempDirectory(prefix: "tworker-qemu-base")
+        defer { directory.remove() }
+        let base = QEMUBaseImage(configured: "/img/base.qcow2", stateDir: directory.path)
+        #expect(base.current == "/img/base.qcow2" && base.provisioned == nil && base.images.isEmpty)
+
+        let image = base.nextImage(now: Date(timeIntervalSince1970: 1_800_000_000))
+        #expect(image == directory.path + "/qemu/images/base-20270115T080000Z.qcow2")
+        try FileManager.default.createDirectory(atPath: base.directory, withIntermediateDirectories: true)
+        try Data().write(to: URL(fileURLWithPath: image))
+        #expect(base.nextImage(now: Date(timeIntervalSince1970: 1_800_000_000)) == directory.path + "/qemu/images/base-20270115T080000Z-2.qcow2",
+                "never an existing file")
+        try base.use(image)
+        #expect(base.current == image && base.images == [image])
+        #expect(QEMUBaseImage(configured: "/img/other.qcow2", stateDir: directory.path).current == "/img/other.qcow2",
+                "made from another vms.base_image: not used")
+        try FileManager.default.removeItem(atPath: image)
+        #expect(base.current == "/img/base.qcow2", "a pointer to a missing file is ignored")
+        try base.use(nil)
+        #expect(!FileManager.default.fileExists(atPath: base.directory + "/current.json"))
     }
 
     /// Only a qemu started under our `-name` is ever signalled.

@@ -1,5 +1,7 @@
 import Foundation
 import Logging
+import RedisClient
+import Synchronization
 import Testing
 import TWorkerCore
 import TWorkerTestSupport
@@ -10,7 +12,8 @@ import TWorkerTestSupport
         "qemu-system-x86_64 and qemu-img are not installed (apt-get install qemu-system-x86 qemu-utils)"))
 struct QEMUProviderEndToEndTests {
     /// A test host whose config is the image's `worker.yml` merged over a qemu test config.
-    static func withQEMUHost(_ body: (TestHost, Int) async throws -> Void) async throws {
+    static func withQEMUHost(provision: String = "echo provisioned >/etc/provisioned\n",
+                             _ body: (TestHost, Int) async throws -> Void) async throws {
         let scratch = try TempDirectory(prefix: "tworker-qemu-image")
         defer { scratch.remove() }
         _ = try await QEMUGuest.buildImage(scratch: scratch.path)
@@ -18,7 +21,7 @@ struct QEMUProviderEndToEndTests {
         // A provision script of the test's own, run by import before the snapshot.
         let provisionDir = scratch.path + "/vagrant"
         try FileManager.default.createDirectory(atPath: provisionDir + "/provision", withIntermediateDirectories: true)
-        try "echo provisioned >/etc/provisioned\n".write(toFile: provisionDir + "/provision/guest.sh", atomically: true, encoding: .utf8)
+        try provision.write(toFile: provisionDir + "/provision/guest.sh", atomically: true, encoding: .utf8)
         let extra = """
         vms:
           name_prefix: tworker-qemutest-
@@ -230,12 +233,196 @@ struct QEMUProviderEndToEndTests {
                 #expect(try await machine.hasSandbox())
                 #expect(machine.pid == nil)
             }
-            let baseOnly = try await host.cli(["vms", "reprovision", "--strategy", "base"] + cli)
-            #expect(baseOnly.status != 0 && baseOnly.err.contains("not available for provider: qemu"), "\(baseOnly.err)")
-
             let removed = try await host.cli(["vms", "remove", "--yes"] + cli)
             #expect(removed.status == 0, "\(removed.out)\n\(removed.err)")
             for machine in machines { #expect(!FileManager.default.fileExists(atPath: machine.overlay)) }
+        }
+    }
+
+    /// `reprovision --strategy base` with 2 workers taking jobs: the provision script runs once, in
+    /// a VM on a throwaway overlay of the base; the workers are taken out one at a time (a running
+    /// job finishes first, the other worker keeps taking jobs) and re-created on the new base; the
+    /// next job on each sees the file the script wrote; an old base no overlay uses is deleted.
+    /// Then `rebuild --provision` does the same from `vms.base_image` itself.
+    @Test(.timeLimit(.minutes(10)))
+    func reprovisionBaseRollsTwoBusyWorkersOntoOneProvisionedBase() async throws {
+        // The test guest's root is an initramfs (RAM): a new base carries what the script leaves
+        // on the disk, so the script keeps its marker on a filesystem there.
+        let script = """
+            set -e
+            mkdir -p /mnt
+            mount /dev/vda /mnt 2>/dev/null || { mke2fs /dev/vda >/dev/null; mount /dev/vda /mnt; }
+            echo provisioned >>/mnt/provision-runs
+            umount /mnt
+
+            """
+        try await Self.withQEMUHost(provision: script) { host, portBase in
+            let config = try host.config()
+            let provider = QEMUProvider(config: config, logger: Logger(label: "test-qemu"))
+            let machines = try (1...2).map { try provider.qemuMachine(named: "worker-\($0)") }
+            defer { for pid in (machines + [provider.baseMachine()]).compactMap(\.pid) { kill(pid, SIGKILL) } }
+            let operatorsBase = try #require(config.vms.baseImage)
+            let operatorsBaseBefore = try FileManager.default.attributesOfItem(atPath: operatorsBase)[.modificationDate] as? Date
+            // An earlier provisioned base that no overlay uses any more: it goes at the end.
+            let images = provider.settings.base.directory
+            try FileManager.default.createDirectory(atPath: images, withIntermediateDirectories: true)
+            let stale = images + "/base-20000101T000000Z.qcow2"
+            try Data().write(to: URL(fileURLWithPath: stale))
+            let cli = ["--env", "test", "--config-dir", host.configDir]
+
+            // Two workers, each making its sandbox on vms.base_image at its first job (the two VMs boot at once).
+            let workers = try (1...2).map { number in try host.makeWorker(vm: "worker-\(number)") }
+            let running = workers.map { worker in Task { try await worker.run() } }
+            defer { for worker in workers { worker.requestStop(.immediate) } }
+            let warmup = [try await host.push(script: ["sleep 1"]), try await host.push(script: ["sleep 1"])]
+            let warmedUp = try await eventually(timeout: .seconds(240)) {
+                for id in warmup where try await host.record(id)["state"] != "passed" { return false }
+                return true
+            }
+            #expect(warmedUp, "both workers made their sandboxes and ran a job")
+            for machine in machines { #expect(try await machine.backingFile() == operatorsBase) }
+
+            // A job that runs until the test lets it go, which it does once its worker is asked to step out.
+            let held = try await host.push(script: ["for i in $(seq 600); do [ -e /tmp/go ] && break; sleep 1; done", "echo released"])
+            var holder = ""
+            _ = try await eventually(timeout: .seconds(60)) {
+                holder = try await host.record(held)["vm"] ?? ""
+                return !holder.isEmpty
+            }
+            let holderNumber = try #require(VirtualBoxProvider.workerNumber(holder), "a worker took the held job")
+            let other = "worker-\(3 - holderNumber)"
+
+            let finished = Mutex(false)
+            let reprovisionStarted = ContinuousClock.now
+            let reprovision = Task {
+                defer { finished.withLock { $0 = true } }
+                return try await host.cli(["vms", "reprovision", "--strategy", "base"] + cli, timeout: .seconds(500))
+            }
+            var maxOut = 0
+            var holderBusyWhenMarked = false
+            var released = false
+            var flow: [String] = []
+            var flowPassedWhileHolderOut = 0
+            var otherBusyWhileHolderOut = false
+            while !finished.withLock({ $0 }) {
+                var out: [String] = []
+                var states: [String: (state: String, job: String)] = [:]
+                for number in 1...2 {
+                    let vm = "worker-\(number)"
+                    let replies = try await host.redis.pipeline([["HMGET", host.keys.worker(vm: vm), "state", "job"],
+                                                                 ["EXISTS", host.keys.maintenance(vm: vm)]])
+                    let fields = replies.first?.array ?? []
+                    states[vm] = (fields.first?.string ?? "", fields.last?.string ?? "")
+                    if replies.last?.int == 1 { out.append(vm) }
+                }
+                maxOut = max(maxOut, out.count)
+                if out.contains(holder) {
+                    if !released {
+                        holderBusyWhenMarked = states[holder]?.state == "busy" && states[holder]?.job == held
+                        // Let the held job end (its worker finishes it before its VM is touched), and
+                        // give the other worker work while this one is out.
+                        let target = SSHTarget(user: config.ssh.user, host: config.ssh.host, port: portBase + holderNumber,
+                                               key: config.ssh.key, knownHosts: host.stateDir + "/test-known-hosts")
+                        var touch = ProgramCommand.ssh(target, remoteCommand: ["touch /tmp/go"])
+                        touch.timeout = .seconds(60)
+                        try await ProgramRunner().run(touch)
+                        released = true
+                        for _ in 0..<4 { flow.append(try await host.push(script: ["sleep 1"])) }
+                    }
+                    if states[other]?.state == "busy" { otherBusyWhileHolderOut = true }
+                    var passed = 0
+                    for id in flow where try await host.record(id)["state"] == "passed" { passed += 1 }
+                    flowPassedWhileHolderOut = passed
+                }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            let result = try await reprovision.value
+            let reprovisionTook = ContinuousClock.now - reprovisionStarted
+            #expect(result.status == 0, "\(result.out)\n\(result.err)")
+            #expect(result.out.components(separatedBy: "provision guest.sh").count == 2, "the script ran once, on the base: \(result.out)")
+            #expect(maxOut == 1, "one worker out at a time (vms.max_unavailable: 1)")
+            #expect(holderBusyWhenMarked, "\(holder) was running the held job when it was asked to step out")
+            let heldRecord = try await host.record(held)
+            let heldLog = try await host.log(held).text
+            #expect(heldRecord["state"] == "passed" && heldRecord["attempts"] == "1", "the running job finished where it ran: \(heldRecord)")
+            #expect(heldLog.contains("released"), "\(heldLog)")
+            #expect(otherBusyWhileHolderOut && flowPassedWhileHolderOut > 0,
+                    "\(other) kept taking jobs while \(holder) was out (\(flowPassedWhileHolderOut) passed)")
+
+            // Every worker on the one new base, with a new sandbox; the operator's file untouched.
+            let newBase = try #require(provider.settings.base.provisioned, "a provisioned base is current")
+            #expect(newBase != operatorsBase && newBase.hasPrefix(images + "/"))
+            for machine in machines {
+                #expect(try await machine.backingFile() == newBase, "\(machine.vmName)'s overlay is on the new base")
+                #expect(try await machine.hasSandbox())
+            }
+            #expect(provider.settings.base.images == [newBase], "the unused old base was deleted")
+            #expect(try FileManager.default.attributesOfItem(atPath: operatorsBase)[.modificationDate] as? Date == operatorsBaseBefore,
+                    "vms.base_image was never written")
+            #expect(!FileManager.default.fileExists(atPath: provider.baseMachine().overlay), "the base VM's overlay is gone")
+
+            // The next job on each worker sees what the script wrote, written once.
+            let markers = [
+                try await host.push(script: ["sleep 1", "mkdir -p /mnt", "mount -o ro /dev/vda /mnt", "cat /mnt/provision-runs"]),
+                try await host.push(script: ["sleep 1", "mkdir -p /mnt", "mount -o ro /dev/vda /mnt", "cat /mnt/provision-runs"]),
+            ]
+            let ran = try await eventually(timeout: .seconds(120)) {
+                var done = 0
+                for id in flow + markers where ["passed", "failed", "errored"].contains(try await host.record(id)["state"] ?? "") { done += 1 }
+                return done == flow.count + markers.count
+            }
+            #expect(ran)
+            var markerVMs: Set<String> = []
+            for id in markers {
+                let record = try await host.record(id)
+                let log = try await host.log(id).text
+                #expect(record["state"] == "passed", "\(record) \(log)")
+                #expect(log.components(separatedBy: "provisioned").count == 2, "the marker, written once: \(log)")
+                markerVMs.insert(record["vm"] ?? "")
+            }
+            #expect(markerVMs == ["worker-1", "worker-2"], "one marker job on each worker")
+            for id in flow { #expect(try await host.record(id)["state"] == "passed") }
+
+            // status: accel, qemu pid, RSS, SSH port, snapshot and base of each worker.
+            let status = try await host.cli(["vms", "status", "--json"] + cli)
+            #expect(status.status == 0, "\(status.err)")
+            if case .array(let rows)? = try? JSONValue.parse(Array(status.out.utf8)) {
+                for (index, row) in rows.enumerated() {
+                    guard case .object(let fields) = row else { continue }
+                    #expect(fields["accel"] == .string("tcg") && fields["snapshot"] == .bool(true)
+                            && fields["ssh_port"] == .int(Int64(portBase + index + 1)) && fields["base"] == .string(newBase), "\(fields)")
+                    if case .int(let pid)? = fields["pid"], case .int(let rss)? = fields["rss_mb"] {
+                        #expect(machines[index].pid.map(Int64.init) == pid && rss > 50, "\(fields)")
+                    } else {
+                        Issue.record("a running worker VM shows its pid and RSS: \(fields)")
+                    }
+                }
+                #expect(rows.count == 2)
+            } else {
+                Issue.record("status --json: \(status.out)")
+            }
+
+            // rebuild --provision: the script runs once more, on vms.base_image itself rather than on
+            // top of the current base (the marker is written once again), and the workers move to it.
+            let rebuildStarted = ContinuousClock.now
+            let rebuilt = try await host.cli(["vms", "rebuild", "--provision", "--yes"] + cli, timeout: .seconds(500))
+            let rebuildTook = ContinuousClock.now - rebuildStarted
+            #expect(rebuilt.status == 0, "\(rebuilt.out)\n\(rebuilt.err)")
+            #expect(rebuilt.out.components(separatedBy: "provision guest.sh").count == 2, "\(rebuilt.out)")
+            let rebuiltBase = try #require(provider.settings.base.provisioned)
+            #expect(rebuiltBase != newBase && provider.settings.base.images == [rebuiltBase], "the replaced base was deleted")
+            for machine in machines { #expect(try await machine.backingFile() == rebuiltBase) }
+            let fresh = try await host.push(script: ["mkdir -p /mnt", "mount -o ro /dev/vda /mnt", "cat /mnt/provision-runs"])
+            #expect(try await eventually(timeout: .seconds(120)) { try await host.record(fresh)["state"] == "passed" })
+            let freshLog = try await host.log(fresh).text
+            #expect(freshLog.components(separatedBy: "provisioned").count == 2, "provisioned from vms.base_image: \(freshLog)")
+
+            for worker in workers { worker.requestStop(.graceful) }
+            for task in running { try await task.value }
+            for machine in machines { await machine.shutdown() }
+            print("qemu reprovision --strategy base figures: 2 workers \(Self.seconds(reprovisionTook)) "
+                  + "(\(holder) drained its running job; \(flowPassedWhileHolderOut) jobs passed on \(other) while it was out); "
+                  + "rebuild --provision \(Self.seconds(rebuildTook))")
         }
     }
 

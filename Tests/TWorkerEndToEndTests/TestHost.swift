@@ -119,7 +119,8 @@ struct TestHost: Sendable {
     }
 
     /// Runs the `tworker` CLI to completion; returns exit status, stdout and stderr.
-    func cli(_ arguments: [String], environment: [String: String] = [:], stdin: String? = nil) async throws -> (status: Int32, out: String, err: String) {
+    func cli(_ arguments: [String], environment: [String: String] = [:], stdin: String? = nil,
+             timeout: Duration = .seconds(60)) async throws -> (status: Int32, out: String, err: String) {
         let out = directory.path + "/cli-\(UUID().uuidString).out"
         let err = out + ".err"
         let script = "exec \"$0\" \"$@\" >\(out) 2>\(err)"
@@ -132,7 +133,7 @@ struct TestHost: Sendable {
             bashArguments = ["-c", "exec \"$0\" \"$@\" <\(input) >\(out) 2>\(err)", try tworkerExecutable()] + arguments
         }
         let process = try SpawnedProcess.spawn("/bin/bash", bashArguments, environment: env, log: "/dev/null")
-        let status = await process.waitForExit(timeout: .seconds(60)) ?? -1
+        let status = await process.waitForExit(timeout: timeout) ?? -1
         return (status, (try? String(contentsOfFile: out, encoding: .utf8)) ?? "", (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
     }
 

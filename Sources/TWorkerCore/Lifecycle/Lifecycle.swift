@@ -74,10 +74,8 @@ public struct Lifecycle: Sendable {
     /// then the old base goes. Stops at the first failed step.
     public func rebuild(provisionWithVagrant: Bool) async throws {
         if config.provider == .qemu {
-            guard !provisionWithVagrant else {
-                throw BaseBox.Problem(description: "tworker vms rebuild --provision bakes a VirtualBox box with vagrant; provider: qemu takes vms.base_image as it is")
-            }
-            return try await recreateQEMU()
+            // No box to bake with vagrant: the provisioned base is made from vms.base_image itself.
+            return provisionWithVagrant ? try await provisionQEMUBase(from: qemuProvider.settings.baseImage) : try await rebuildQEMU()
         }
         var box = config.vms.baseBox
         if provisionWithVagrant { box = try await buildBoxWithVagrant() }
@@ -154,11 +152,12 @@ public struct Lifecycle: Sendable {
 
     public func reprovision(_ strategy: Strategy) async throws {
         if config.provider == .qemu {
+            switch strategy {
             // A qemu worker is its base plus the provision scripts: re-creating it is provisioning it again.
-            guard strategy == .each else {
-                throw BaseBox.Problem(description: "tworker vms reprovision --strategy base is not available for provider: qemu (provision vms.base_image itself); --strategy each re-creates every worker from it")
+            case .each: return try await recreateQEMU()
+            // Provisioned again on top of what earlier runs provisioned, as virtualbox's base VM is.
+            case .base: return try await provisionQEMUBase(from: qemuProvider.settings.base.current)
             }
-            return try await recreateQEMU()
         }
         switch strategy {
         case .each:
@@ -245,6 +244,12 @@ public struct Lifecycle: Sendable {
         public var snapshot: Bool
         public var worker: String
         public var job: String
+        /// qemu only (left out of the JSON elsewhere): the accelerator the running qemu uses (or
+        /// the next start will), its pid and resident memory, and the base image of its overlay.
+        public var accel: String?
+        public var pid: Int?
+        public var rssMB: Int?
+        public var base: String?
     }
 
     /// One row per worker VM.

@@ -7,12 +7,23 @@ public enum QEMUImgCommand: Sendable, Equatable {
     /// The image's metadata, snapshots included, as JSON. `-U` reads it while a qemu holds the
     /// image's lock (the worker's VM runs all the time).
     case info(image: String)
+    /// A standalone qcow2 copy of `source` with its backing chain folded in: a provisioned base
+    /// that depends on no other file, so the image it was made from can be deleted.
+    case flatten(source: String, destination: String)
 
     public var arguments: [String] {
         switch self {
         case .createOverlay(let base, let overlay): ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, overlay]
         case .info(let image): ["info", "-U", "--output=json", image]
+        case .flatten(let source, let destination): ["convert", "-q", "-f", "qcow2", "-O", "qcow2", source, destination]
         }
+    }
+
+    /// The backing file an overlay names, as `qemu-img info --output=json` reports it
+    /// (absolute: tworker creates overlays with absolute paths); nil for a standalone image.
+    public static func backingFile(infoJSON: String) -> String? {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(infoJSON.utf8)) as? [String: Any] else { return nil }
+        return (object["full-backing-filename"] as? String) ?? (object["backing-filename"] as? String)
     }
 
     /// The internal snapshots' names in `qemu-img info --output=json` text.

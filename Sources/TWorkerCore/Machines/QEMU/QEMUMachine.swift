@@ -163,20 +163,33 @@ public final class QEMUMachine: Machine {
         return QEMUImgCommand.snapshotNames(infoJSON: info.stdout).contains(QEMUProvider.sandboxSnapshot)
     }
 
-    /// A fresh overlay on the base, a first boot, and `savevm sandbox` once SSH answers; the
-    /// VM is left running at the snapshot. `step` names each step (import prints them).
+    /// A fresh overlay on the current base, a first boot, and `savevm sandbox` once SSH answers;
+    /// the VM is left running at the snapshot. `step` names each step (import prints them).
     /// `provision` runs once SSH answers, before the snapshot (import runs the provision scripts there).
     public func createSandbox(step: (String, () async throws -> Void) async throws -> Void = { _, body in try await body() },
                               provision: (SSHTarget) async throws -> Void = { _ in }) async throws {
-        await stopQEMU()
-        guard FileManager.default.fileExists(atPath: settings.baseImage) else {
-            throw InfrastructureError("vms.base_image \(settings.baseImage) does not exist (boxes/qemu/build-test-image DIR makes a small one)")
+        // Read at each use, not at start: `reprovision --strategy base` moves it while workers run.
+        try await bootOnNewOverlay(base: settings.base.current, step: step)
+        try await provision(target)
+        try await step("savevm \(QEMUProvider.sandboxSnapshot)") {
+            guard let qmp = state.withLock({ $0.qmp }) else { throw InfrastructureError("no QMP connection to \(vmName)") }
+            try await qmp.humanMonitor("savevm \(QEMUProvider.sandboxSnapshot)", timeout: settings.qemuTimeout)
         }
-        try await step("overlay on \((settings.baseImage as NSString).lastPathComponent)") {
+    }
+
+    /// A fresh overlay on `base` and a first boot; returns once SSH answers and the guest's clock
+    /// is set, the VM running.
+    public func bootOnNewOverlay(base: String, step: (String, () async throws -> Void) async throws -> Void = { _, body in try await body() }) async throws {
+        await stopQEMU()
+        guard FileManager.default.fileExists(atPath: base) else {
+            throw InfrastructureError(base == settings.baseImage
+                ? "vms.base_image \(base) does not exist (boxes/qemu/build-test-image DIR makes a small one)"
+                : "the provisioned base \(base) does not exist (tworker vms reprovision --strategy base makes a new one)")
+        }
+        try await step("overlay on \((base as NSString).lastPathComponent)") {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             try? FileManager.default.removeItem(atPath: overlay)
-            try await runner.run(.qemuImg(.createOverlay(base: settings.baseImage, overlay: overlay),
-                                          executable: settings.img, timeout: settings.qemuTimeout))
+            try await runner.run(.qemuImg(.createOverlay(base: base, overlay: overlay), executable: settings.img, timeout: settings.qemuTimeout))
             // A new disk may carry a new host key.
             try? FileManager.default.removeItem(atPath: target.knownHosts)
         }
@@ -185,11 +198,13 @@ public final class QEMUMachine: Machine {
             try await waitForSSH()
             try await setGuestClock()
         }
-        try await provision(target)
-        try await step("savevm \(QEMUProvider.sandboxSnapshot)") {
-            guard let qmp = state.withLock({ $0.qmp }) else { throw InfrastructureError("no QMP connection to \(vmName)") }
-            try await qmp.humanMonitor("savevm \(QEMUProvider.sandboxSnapshot)", timeout: settings.qemuTimeout)
-        }
+    }
+
+    /// The image this VM's overlay is on, as qemu-img reads it; nil without an overlay.
+    public func backingFile() async throws -> String? {
+        guard FileManager.default.fileExists(atPath: overlay) else { return nil }
+        let info = try await runner.run(.qemuImg(.info(image: overlay), executable: settings.img, timeout: settings.qemuTimeout))
+        return QEMUImgCommand.backingFile(infoJSON: info.stdout)
     }
 
     /// Runs qemu (it daemonizes once the VM is set up) and connects to its QMP socket.

@@ -35,6 +35,13 @@ public struct QEMUProcess: Sendable {
         return data.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
     }
 
+    /// The accelerator on `pid`'s command line (`-accel tcg` or `-accel kvm,...`).
+    static func accel(of pid: pid_t) -> String? {
+        guard let arguments = commandLine(of: pid) else { return nil }
+        return zip(arguments, arguments.dropFirst()).first { $0.0 == "-accel" }
+            .map { String($0.1.split(separator: ",").first ?? "") }
+    }
+
     /// Resident memory of `pid` in KiB (`VmRSS`).
     static func residentKiB(_ pid: pid_t) -> Int? {
         guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),

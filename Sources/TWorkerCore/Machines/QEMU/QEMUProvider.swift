@@ -27,6 +27,9 @@ public struct QEMUProvider: MachineProvider {
         public var qemuTimeout: Duration
         /// `timeouts.vm_boot`: until SSH answers.
         public var bootTimeout: Duration
+
+        /// `vms.base_image`, or the provisioned base made from it.
+        public var base: QEMUBaseImage { QEMUBaseImage(configured: baseImage, stateDir: stateDir) }
     }
 
     public var settings: Settings
@@ -58,5 +61,11 @@ public struct QEMUProvider: MachineProvider {
             throw InfrastructureError("VM name '\(name)' is not worker-N: the qemu provider maps worker-N to its SSH port and directory")
         }
         return QEMUMachine(name: name, number: number, settings: settings, runner: runner, logger: logger)
+    }
+
+    /// The VM `reprovision --strategy base` provisions a new base in: `<vms.name_prefix>base`,
+    /// SSH on `ssh.port_base` (workers use `port_base + N`), files under `<state_dir>/qemu/base/`.
+    public func baseMachine() -> QEMUMachine {
+        QEMUMachine(name: "base", number: 0, settings: settings, runner: runner, logger: logger)
     }
 }
