@@ -16,6 +16,8 @@ final class HiredisSession: @unchecked Sendable {
     let logger: Logger
     let sockets = SocketRegistry()
     private var context: UnsafeMutablePointer<redisContext>?
+    /// A connection opened after one was lost counts as a reconnect.
+    private var connectedBefore = false
 
     init(endpoint: RedisEndpoint, connectTimeout: Duration, commandTimeout: Duration, logger: Logger) {
         self.endpoint = endpoint
@@ -67,6 +69,8 @@ final class HiredisSession: @unchecked Sendable {
         if let context { return context }
         let ctx = try openSocket()
         context = ctx
+        if connectedBefore { RedisConnection.reconnects.add(1, ordering: .relaxed) }
+        connectedBefore = true
         sockets.publish(ctx.pointee.fd)
         do {
             if let password = endpoint.password {

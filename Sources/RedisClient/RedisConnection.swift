@@ -1,4 +1,5 @@
 import Logging
+import Synchronization
 
 /// One Redis connection whose hiredis calls all run on a dedicated OS thread.
 ///
@@ -7,6 +8,9 @@ import Logging
 /// interrupts an in-flight call (the socket is shut down and reopened on the next call) and
 /// throws `CancellationError`; calls made after `close()` also throw `CancellationError`.
 public final class RedisConnection: Sendable {
+    /// Connections this process opened again after losing one (`tworker_redis_reconnects_total`).
+    public static let reconnects = Atomic<Int>(0)
+
     /// The server this connection talks to.
     public let endpoint: RedisEndpoint
     let worker: RedisWorker

@@ -64,7 +64,7 @@ struct Start: AsyncParsableCommand {
             if let env = global.env { arguments += ["--env", env] }
             if let dir = global.configDir { arguments += ["--config-dir", dir] }
             if global.verbose { arguments.append("--verbose") }
-            let setup = Master.Setup(
+            var setup = Master.Setup(
                 executable: Self.ownExecutable(),
                 arguments: arguments,
                 loadConfig: {
@@ -74,6 +74,12 @@ struct Start: AsyncParsableCommand {
                 pinnedEnvironment: ["REDIS_URL": redis.url, "TWORKER_STATE_DIR": Self.absolute(config.stateDir),
                                     "TWORKER_REDIS_NAMESPACE": config.redis.namespace],
                 reaper: Master.processingReaper)
+            // The listener's port is checked before any worker starts: no silent dashboard-less pool.
+            let listen = config.http.listen.isEmpty ? nil : try ListenAddress(config.http.listen)
+            if let listen { try PoolHTTPServer.checkAvailable(listen) }
+            let keys = RedisKeys(namespace: config.redis.namespace, host: config.host)
+            let metrics = listen.map { _ in PoolMetrics(host: config.host, version: TWorkerVersion.current) }
+            setup.metrics = metrics
             let master = Master(config: config, settings: settings, account: account, setup: setup, redis: connection, logger: logger)
             let server = try ControlServer(path: paths.socket) { request in await master.control(request) }
             defer { server.close() }
@@ -81,7 +87,23 @@ struct Start: AsyncParsableCommand {
             // The master returning (stopped, or a second TERM) ends the group rather than failing it.
             let service = ServiceGroupConfiguration.ServiceConfiguration(service: MasterService(master),
                                                                           successTerminationBehavior: .gracefullyShutdownGroup)
-            let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: [service], gracefulShutdownSignals: [.sigquit],
+            var services = [service]
+            var httpConnections: [RedisConnection] = []
+            defer { httpConnections.forEach { $0.close() } }
+            if let listen, let metrics {
+                let open = { RedisConnection(endpoint: redis.endpoint, connectTimeout: .seconds(2), commandTimeout: .seconds(5), logger: logger) }
+                httpConnections = [open(), open()]
+                let api = PoolAPI(redis: httpConnections[0], keys: keys, retention: config.reporting.retention, logger: logger,
+                                  status: { await master.control(ControlRequest(command: .status)).status },
+                                  control: { await master.control($0) },
+                                  draining: { await master.isStopping })
+                let server = PoolHTTPServer(address: listen, api: api, metrics: metrics,
+                                            followers: LogFollowers(endpoint: redis.endpoint, keys: keys, logger: logger),
+                                            token: config.http.token,
+                                            feed: MetricsFeed(metrics: metrics, keys: keys, redis: httpConnections[1], logger: logger), logger: logger)
+                services.append(.init(service: server, successTerminationBehavior: .gracefullyShutdownGroup))
+            }
+            let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigquit],
                                                                               logger: logger))
             try await group.run()
             let code = await master.exitCode ?? 0

@@ -1,4 +1,5 @@
 import ArgumentParser
+import TWorkerCore
 
 @main
 struct TWorker: AsyncParsableCommand {
@@ -9,6 +10,7 @@ struct TWorker: AsyncParsableCommand {
         Exit codes: 0 success; 1 failure (job not found, Redis unreachable, build machine error); \
         64 usage error; 78 configuration error.
         """,
+        version: TWorkerVersion.current,
         subcommands: [Work.self, Start.self, Stop.self, Restart.self, Pause.self, Resume.self, Status.self, Enqueue.self, JobCommand.self, Logs.self, ConfigCommand.self, Cancel.self, VMs.self, Vagrant.self, Service.self]
     )
 }

@@ -202,7 +202,7 @@ public struct ConfigLoader: Sendable {
         overrides["env"] = (.string(envName), envOrigin)
         let context = ConfigKey.Context(currentDirectory: currentDirectory, hostname: hostname ?? currentHostname())
         let (config, origins) = Self.resolve(env: envName, tree: merged, overrides: overrides, context: context)
-        let missing = Self.providerRequirements(config, origins: origins)
+        let missing = Self.providerRequirements(config, origins: origins) + Self.listenerRequirements(config, origins: origins)
         guard missing.isEmpty else { throw ConfigError(problems: missing) }
         return LoadedConfig(config: config, origins: origins, files: files)
     }
@@ -219,6 +219,22 @@ public struct ConfigLoader: Sendable {
             problems.append("\(origin)qemu.kernel: must be set when qemu.initrd or qemu.append is (they belong to a direct kernel boot)")
         }
         return problems
+    }
+
+    /// `http.listen` must be `host:port`, and a listener others can reach needs `http.token`.
+    static func listenerRequirements(_ config: WorkerConfig, origins: [String: ConfigOrigin]) -> [String] {
+        guard !config.http.listen.isEmpty else { return [] }
+        let origin = origins["http.listen"].map { "\($0): " } ?? ""
+        let address: ListenAddress
+        do {
+            address = try ListenAddress(config.http.listen)
+        } catch {
+            return ["\(origin)http.listen: \(error)"]
+        }
+        if !address.isLoopback, (config.http.token ?? "").isEmpty {
+            return ["\(origin)http.listen: \(config.http.listen) is reachable from other machines: set http.token (every request but /health then needs it) or listen on 127.0.0.1"]
+        }
+        return []
     }
 
     /// Applies the key table in order: override, else merged file value, else default.

@@ -58,6 +58,8 @@ enum ConfigSchema {
         .optionalPath("qemu.initrd", \.qemu.initrd),
         .optionalString("qemu.append", \.qemu.append),
         .string("vagrant.vagrant", "vagrant", \.vagrant.vagrant),
+        .string("http.listen", "127.0.0.1:9252", \.http.listen, allowEmpty: true),
+        .optionalString("http.token", \.http.token),
         .path("vagrant.directory", { _, _ in "boxes" }, \.vagrant.directory),
 
         .optionalString("user", \.user),

@@ -39,6 +39,7 @@ public struct WorkerConfig: Sendable, Equatable {
     public var virtualbox: VirtualBox
     public var vagrant: Vagrant
     public var qemu: QEMU
+    public var http: HTTP
     /// The user (and group) the master runs its workers as when started as root.
     public var user: String?
     public var group: String?
@@ -108,6 +109,14 @@ public struct WorkerConfig: Sendable, Equatable {
         public var maxAttempts: Int
         /// MiB of resident memory a worker may hold; above it for two checks, the master restarts it.
         public var workerMemory: Int
+    }
+
+    /// The master's HTTP listener: metrics, health, the API and the dashboard.
+    public struct HTTP: Sendable, Equatable {
+        /// `host:port`; empty turns the listener off.
+        public var listen: String
+        /// Required for a listener that is not on loopback; every request but `/health` then needs it.
+        public var token: String?
     }
 
     /// Worker heartbeat settings.
@@ -197,6 +206,7 @@ public struct WorkerConfig: Sendable, Equatable {
             virtualbox: VirtualBox(vboxmanage: "", startType: ""),
             vagrant: Vagrant(vagrant: "", directory: ""),
             qemu: QEMU(binary: "", img: "", accel: .auto, extraArgs: [], kernel: nil, initrd: nil, append: nil),
+            http: HTTP(listen: "", token: nil),
             user: nil, group: nil, allowRoot: false,
             vm: nil,
             verbose: false

@@ -3,6 +3,20 @@ import Logging
 import RedisClient
 
 /// Event types on `tworker:events`.
+/// Why a job went back to its queue (the `reason` of a `job:requeued` event).
+public enum RequeueReason: String, Sendable, CaseIterable {
+    /// Not the build's own result: a VM, SSH or program that failed.
+    case infrastructure
+    /// The worker was told to stop (TERM, INT).
+    case stop
+    /// An operator aborted the build (USR1).
+    case abort
+    /// Its worker died; a reaper or the worker's next run put it back.
+    case recovered
+    /// Taken by a worker that had to give it back untouched (paused, maintenance, retried elsewhere).
+    case handedBack = "handed_back"
+}
+
 public enum JobEvent: String, Sendable {
     case received = "job:received"
     case started = "job:started"
@@ -39,18 +53,20 @@ public struct JobStore: Sendable {
     // MARK: - Wire formats
 
     /// The commands that set `fields` on the record, refresh its expiry and emit `event`.
-    public func stateCommands(id: String, state: JobState, fields: [String: String], event: JobEvent?, at: String) -> [[String]] {
+    public func stateCommands(id: String, state: JobState, fields: [String: String], event: JobEvent?, at: String,
+                              reason: RequeueReason? = nil) -> [[String]] {
         var hset = ["HSET", keys.job(id), "state", state.rawValue]
         for (name, value) in fields.sorted(by: { $0.key < $1.key }) { hset += [name, value] }
         var commands = [hset, ["EXPIRE", keys.job(id), String(retention)]]
-        if let event { commands.append(eventCommand(event, id: id, state: state, at: at)) }
+        if let event { commands.append(eventCommand(event, id: id, state: state, at: at, reason: reason)) }
         return commands
     }
 
-    /// The one event format; `id` is empty for an entry that had none.
-    func eventCommand(_ event: JobEvent, id: String, state: JobState, at: String) -> [String] {
+    /// The one event format; `id` is empty for an entry that had none. A requeue says why
+    /// (the master counts `tworker_requeues_total{reason}` from it).
+    func eventCommand(_ event: JobEvent, id: String, state: JobState, at: String, reason: RequeueReason? = nil) -> [String] {
         ["XADD", RedisKeys.events, "MAXLEN", "~", Self.eventsMaxLength, "*",
-         "type", event.rawValue, "id", id, "state", state.rawValue, "worker", worker, "at", at]
+         "type", event.rawValue, "id", id, "state", state.rawValue, "worker", worker, "at", at] + (reason.map { ["reason", $0.rawValue] } ?? [])
     }
 
     /// One entry of a log: output, or (`final`) the mark that the log is closed.
@@ -171,9 +187,9 @@ public struct JobStore: Sendable {
     /// Back to the head of `list`'s queue as `replacement` (the entry itself when nil), the
     /// record `requeued` with `fields`; `id` nil for an entry that names no job.
     public func requeue(_ raw: [UInt8], as replacement: [UInt8]? = nil, id: String?, fields: [String: String] = [:], event: JobEvent?,
-                        log: [[[UInt8]]] = [], from list: WorkQueue, alongWith extra: [[String]] = [],
+                        reason: RequeueReason? = nil, log: [[[UInt8]]] = [], from list: WorkQueue, alongWith extra: [[String]] = [],
                         at now: String = Timestamp.now()) async throws {
-        let record = id.map { stateCommands(id: $0, state: .requeued, fields: fields, event: event, at: now) } ?? []
+        let record = id.map { stateCommands(id: $0, state: .requeued, fields: fields, event: event, at: now, reason: reason) } ?? []
         try await list.requeue(raw, as: replacement ?? raw, binary: log + (record + extra).map(Self.bytes))
     }
 
@@ -214,7 +230,7 @@ public struct JobStore: Sendable {
             let queue = recorded.flatMap { $0.isEmpty ? nil : $0 } ?? list.queue
             let note = "\nThe worker running this job (\(worker)) died; the job was requeued (attempt \(attempts + 1) of \(policy.maxAttempts)).\n"
             try await requeue(raw, as: job.withAttempts(attempts), id: id, fields: ["attempts": String(attempts), "error": "worker \(worker) died"],
-                              event: .requeued, log: noteCommands(id: id, after: lastNumber, text: note, closing: false),
+                              event: .requeued, reason: .recovered, log: noteCommands(id: id, after: lastNumber, text: note, closing: false),
                               from: WorkQueue(redis: redis, blockingRedis: redis, keys: keys, queue: queue, vm: list.vm, logger: logger))
             logger.warning("requeued a job whose worker died", metadata: ["job": "\(id)", "worker": "\(worker)", "queue": "\(queue)"])
         }

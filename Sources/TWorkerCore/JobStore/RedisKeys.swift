@@ -31,6 +31,8 @@ public struct RedisKeys: Sendable {
     public func job(_ id: String) -> String { "tworker:job:\(id)" }
     public func log(_ id: String) -> String { "tworker:job:\(id):log" }
     public static let events = "tworker:events"
+    /// Measurements this host's workers make for the master's `/metrics` (VM commands, stages, log bytes).
+    public var observations: String { "tworker:observations:\(host)" }
     public func worker(vm: String) -> String { Self.workerRecord(member: workerMember(vm: vm)) }
     /// The heartbeat record of a `tworker:workers` member (`host:vm`).
     public static func workerRecord(member: String) -> String { workerRecordPrefix + member }

@@ -44,8 +44,12 @@ public actor LogStreamer {
     }
 
     /// Adds output; returns once it is buffered (waiting only when the buffer is full).
+    /// Bytes appended so far (`tworker_log_bytes_total`).
+    public private(set) var bytesWritten = 0
+
     public func append(_ bytes: [UInt8]) async {
         guard !bytes.isEmpty, !finished else { return }
+        bytesWritten += bytes.count
         if buffer.isEmpty { oldestBufferedAt = .now }
         buffer.append(contentsOf: bytes)
         if buffer.count >= Self.flushThreshold { startFlushIfIdle() } else { armTimer() }

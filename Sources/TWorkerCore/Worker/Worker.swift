@@ -158,6 +158,11 @@ public final class Worker: Sendable {
         try await recoverUnfinished()
         let cancellations = watchCancellations()
         defer { cancellations?.cancel() }
+        // Measurements for the master's /metrics, written about once a second.
+        let observations = Task { [settings, redis, keys, logger] in
+            await WorkerObservations.run(vm: settings.vm, redis: redis, keys: keys, logger: logger)
+        }
+        defer { observations.cancel() }
         logger.info("worker ready", metadata: ["vm": "\(settings.vm)", "queue": "\(queue.queueKey)", "host": "\(settings.host)"])
         await heartbeat.update(.idle)
         while stopRequest == .none {
@@ -328,7 +333,7 @@ public final class Worker: Sendable {
                     let now = Timestamp.now()
                     guard await persistently("requeue job \(id)", holding: raw, {
                         try await store.requeue(raw, as: job.withAttempts(used), id: id, fields: ["attempts": String(used), "error": "worker stopped unexpectedly"],
-                                                event: .requeued, from: queue, at: now)
+                                                event: .requeued, reason: .recovered, from: queue, at: now)
                     }) else { return }
                     logger.warning("requeued a job left by a previous run", metadata: ["job": "\(id)", "attempts": "\(used)"])
                 }
@@ -420,9 +425,14 @@ public final class Worker: Sendable {
             outcome = .infrastructure("\(error)")
         }
         let settled = await conclude(job, raw: raw, outcome: outcome, log: log)
+        WorkerObservations.record(.logBytes, value: Double(await log.bytesWritten))
         // Reported first, cleaned up after: the job's result does not wait for the VM's reset.
         do {
+            let releaseStarted = ContinuousClock.now
             try await machine.release()
+            let reset = ContinuousClock.now - releaseStarted
+            WorkerObservations.record(.stage, labels: ["stage": "release"], duration: reset)
+            WorkerObservations.record(.vmReset, duration: reset)
         } catch {
             logger.error("could not reset the machine after the job; the next job resets it again",
                          metadata: ["job": "\(id)", "error": "\(error.message)"])
@@ -442,7 +452,9 @@ public final class Worker: Sendable {
         async let receivedWritten: Void = store.received(job, into: queue, rerun: rerun, alongWith: busy)
         let prepared: Result<Void, InfrastructureError>
         do {
+            let prepareStarted = ContinuousClock.now
             try await machine.prepare()
+            WorkerObservations.record(.stage, labels: ["stage": "prepare"], duration: ContinuousClock.now - prepareStarted)
             prepared = .success(())
         } catch {
             prepared = .failure(error)
@@ -484,7 +496,7 @@ public final class Worker: Sendable {
             let now = Timestamp.now()
             let settled = await persistently("requeue job \(id)", holding: raw) {
                 try await store.requeue(raw, id: id, fields: ["error": why == .stop ? "worker stopped" : "aborted by operator"],
-                                        event: .requeued, from: queue, alongWith: afterwards, at: now)
+                                        event: .requeued, reason: why == .stop ? .stop : .abort, from: queue, alongWith: afterwards, at: now)
             }
             if settled { logger.info("job requeued", metadata: ["job": "\(id)", "why": "\(why)"]) }
             return settled
@@ -507,7 +519,9 @@ public final class Worker: Sendable {
             return control.state.buildStarted()
         }
         if stopNow { task.cancel() }
+        let buildStarted = ContinuousClock.now
         let outcome = await task.value
+        WorkerObservations.record(.stage, labels: ["stage": "build"], duration: ContinuousClock.now - buildStarted)
         control.withLock { $0.build = nil }
         return outcome
     }
@@ -533,7 +547,7 @@ public final class Worker: Sendable {
         let now = Timestamp.now()
         let settled = await persistently("requeue job \(job.payload.id)", holding: raw) {
             try await store.requeue(raw, as: replacement, id: job.payload.id, fields: ["attempts": String(used), "error": reason],
-                                    event: .requeued, from: queue, alongWith: extra, at: now)
+                                    event: .requeued, reason: .infrastructure, from: queue, alongWith: extra, at: now)
         }
         if settled {
             logger.warning("job requeued after an infrastructure error", metadata: ["job": "\(job.payload.id)", "attempts": "\(used)", "error": "\(reason)"])
@@ -577,7 +591,7 @@ public final class Worker: Sendable {
         let id = if case .success(let job) = JobDecoder.decode(raw) { job.payload.id } else { String?.none }
         let now = Timestamp.now()
         return await persistently("put a job back", holding: raw) {
-            try await store.requeue(raw, id: id, fields: ["error": reason], event: .requeued, from: queue, at: now)
+            try await store.requeue(raw, id: id, fields: ["error": reason], event: .requeued, reason: .handedBack, from: queue, at: now)
         }
     }
 

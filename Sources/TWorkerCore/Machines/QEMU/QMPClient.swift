@@ -58,9 +58,21 @@ public final class QMPClient: Sendable {
     @discardableResult
     public func execute(_ command: String, arguments: [String: JSONValue]? = nil,
                         timeout: Duration = .seconds(30)) async throws -> JSONValue {
-        let deadline = ContinuousClock.now + timeout
-        return try await perform(command) { channel in
-            try channel.roundTrip(command, arguments: arguments, deadline: deadline, timeout: timeout)
+        let started = ContinuousClock.now
+        let deadline = started + timeout
+        // HMP lines are named by their verb (savevm, loadvm): that is the VM command an operator knows.
+        let name = command == "human-monitor-command"
+            ? (arguments?["command-line"]?.stringValue?.split(separator: " ").first.map(String.init) ?? command) : command
+        do {
+            let reply = try await perform(command) { channel in
+                try channel.roundTrip(command, arguments: arguments, deadline: deadline, timeout: timeout)
+            }
+            WorkerObservations.record(.vmCommand, labels: ["command": name, "outcome": "ok"], duration: ContinuousClock.now - started)
+            return reply
+        } catch {
+            let outcome = ContinuousClock.now >= deadline ? "timeout" : "error"
+            WorkerObservations.record(.vmCommand, labels: ["command": name, "outcome": outcome], duration: ContinuousClock.now - started)
+            throw error
         }
     }
 

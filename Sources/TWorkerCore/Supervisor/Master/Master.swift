@@ -27,11 +27,14 @@ public actor Master {
         /// Called every `heartbeat.interval`: `processingReaper` (requeues the jobs of
         /// `tworker:processing:*` lists whose worker's heartbeat expired, on any host).
         public var reaper: (@Sendable (WorkerConfig, RedisConnection, Logger) async -> Void)?
+        /// The pool's metrics, when the HTTP listener serves them: the master counts restarts.
+        public var metrics: PoolMetrics?
 
         public init(executable: String, arguments: [String], loadConfig: @escaping @Sendable () throws -> WorkerConfig,
                     settings: @escaping @Sendable (WorkerConfig) -> SupervisorSettings = { SupervisorSettings(config: $0) },
                     configDir: String? = nil, pinnedEnvironment: [String: String] = [:],
-                    reaper: (@Sendable (WorkerConfig, RedisConnection, Logger) async -> Void)? = nil) {
+                    reaper: (@Sendable (WorkerConfig, RedisConnection, Logger) async -> Void)? = nil, metrics: PoolMetrics? = nil) {
+            self.metrics = metrics
             self.executable = executable
             self.arguments = arguments
             self.loadConfig = loadConfig
@@ -63,6 +66,8 @@ public actor Master {
     var state: MasterState
     /// Workers killed on the second TERM: their qemu processes are stopped before the master exits.
     private var machinesToStop: [String] = []
+    /// The master is stopping (QUIT, TERM, `tworker stop`): `/health` says draining.
+    public var isStopping: Bool { state.isStopping }
     let startedAt = ContinuousClock.now
     let startedWall = Date()
     /// What `run()` takes in, in order: events from outside the actor (signals, child starts
@@ -162,6 +167,8 @@ public actor Master {
                 killBuildGroup(vm)
             case .stopMachine(let vm):
                 machinesToStop.append(vm)
+            case .countRestart(let vm, let reason):
+                setup.metrics?.workerRestarted(reason: reason, vm: vm)
             case .log(let level, let message, let metadata):
                 logger.log(level: level, "\(message)", metadata: metadata.isEmpty ? nil : metadata.mapValues { .string($0) })
             case .scheduleTimer(let at):

@@ -62,6 +62,8 @@ enum MasterEffect: Equatable, Sendable {
     case killBuildGroup(vm: String)
     /// A worker killed on the way out cannot stop its VM (a qemu process): the master does, last.
     case stopMachine(vm: String)
+    /// `tworker_worker_restarts_total{reason}`: crash (it exited unasked), memory, stuck.
+    case countRestart(vm: String, reason: String)
     case log(Logger.Level, String, metadata: [String: String] = [:])
     /// Deliver `.tick` at this instant.
     case scheduleTimer(at: ContinuousClock.Instant)
@@ -136,6 +138,7 @@ struct MasterState: Sendable {
     var watchesMemory: Bool { memory.limitKiB != nil }
 
     private var ordered: [Slot] { slots.values.sorted { $0.number < $1.number } }
+    var isStopping: Bool { stopping != .none }
 
     /// Applies one event at `now` and returns what to do, in order.
     mutating func reduce(_ event: MasterEvent, now: ContinuousClock.Instant) -> [MasterEffect] {
@@ -214,6 +217,16 @@ struct MasterState: Sendable {
             slots[number] = nil
             finishIfDone(into: &effects)
             return
+        }
+        switch slot.afterExit {
+        case .restart:
+            effects.append(.countRestart(vm: slot.vm, reason: "crash"))
+        case .replace where slot.note?.hasPrefix("killed") == true:
+            effects.append(.countRestart(vm: slot.vm, reason: "stuck"))
+        case .replace where slot.note?.hasSuffix(": memory") == true:
+            effects.append(.countRestart(vm: slot.vm, reason: "memory"))
+        default:
+            break
         }
         switch slot.afterExit {
         case .remove:

@@ -68,6 +68,13 @@ public struct ProgramRunner: ProgramRunning {
         }
         let elapsed = ContinuousClock.now - started
         let milliseconds = elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000
+        if command.wording == .vboxManage {
+            let outcome = switch outcome {
+            case .timedOut: "timeout"
+            case .finished(let status, let output): status == .exited(0) && !output.stderr.contains("VBoxManage: error:") ? "ok" : "error"
+            }
+            WorkerObservations.record(.vmCommand, labels: ["command": command.arguments.first ?? "unknown", "outcome": outcome], duration: elapsed)
+        }
         switch outcome {
         case .timedOut:
             let timeout = command.timeout ?? .zero
