@@ -14,6 +14,7 @@ struct MasterHostsTests {
             let text = try String(contentsOfFile: host.configDir + "/worker.test.yml", encoding: .utf8)
                 .replacingOccurrences(of: "host: testhost", with: "host: otherhost")
                 .replacingOccurrences(of: "state_dir: \(host.stateDir)", with: "state_dir: \(host.stateDir)-other")
+                .replacingOccurrences(of: "listen: 127.0.0.1:\(host.httpPort)", with: "listen: 127.0.0.1:\(try freeLoopbackPort())")
             try text.write(toFile: otherConfig + "/worker.test.yml", atomically: true, encoding: .utf8)
 
             let pids = host.directory.path + "/build-pids"

@@ -15,6 +15,9 @@ struct TestHost: Sendable {
     let redisServer: RedisServer
     let directory: TempDirectory
     let redis: RedisConnection
+    /// The master's HTTP listener: a free port of its own, so masters of tests running side by
+    /// side never meet on the default 9252.
+    let httpPort: Int
 
     var configDir: String { directory.path + "/config" }
     var stateDir: String { directory.path + "/var" }
@@ -27,7 +30,8 @@ struct TestHost: Sendable {
         try await withRedisServer(appendonly: appendonly, arguments: redisArguments) { server in
             let directory = try TempDirectory(prefix: "tworker-e2e")
             defer { directory.remove() }
-            let host = TestHost(redisServer: server, directory: directory, redis: RedisConnection(endpoint: server.endpoint))
+            let host = TestHost(redisServer: server, directory: directory, redis: RedisConnection(endpoint: server.endpoint),
+                                httpPort: try freeLoopbackPort())
             defer { host.redis.close() }
             try host.writeConfig(config)
             try await body(host)
@@ -44,6 +48,7 @@ struct TestHost: Sendable {
           url: \(redisServer.url)
         heartbeat:
           interval: 1
+        \(extra.contains("http:") ? "" : "http:\n  listen: 127.0.0.1:\(httpPort)")
         \(extra)
         """
         try yaml.write(toFile: configDir + "/worker.test.yml", atomically: true, encoding: .utf8)

@@ -172,8 +172,19 @@ class Pool:
 
     def status(self):
         with self.lock:
-            return {"host": "h1", "master_pid": os.getpid(), "stopping": False,
-                    "workers": [dict(worker) for worker in self.workers]}
+            # The shape of `tworker status --json` (StatusReport), which /api/status serves.
+            workers = []
+            for worker in self.workers:
+                shown = {k: v for k, v in worker.items() if k not in ("job_started_at", "error")}
+                shown["host"] = "h1"
+                if worker["job_started_at"]:
+                    started = datetime.fromisoformat(worker["job_started_at"].replace("Z", "+00:00"))
+                    shown["job_elapsed"] = (now() - started).total_seconds()
+                if worker["error"]:
+                    shown["last_error"] = worker["error"]
+                workers.append(shown)
+            return {"source": "master", "host": "h1", "master": {"pid": os.getpid(), "env": "test", "uptime": 1.0,
+                    "started_at": iso(now())}, "paused": False, "workers": workers, "queues": [], "failed": 0}
 
     def queues(self):
         return {

@@ -149,6 +149,8 @@ struct AccessMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var headers: [String: String] = [:]
         for field in request.headers { headers[field.name.canonicalName] = field.value }
+        // HTTP/1.1's Host header arrives as the request's authority, not among the fields.
+        if let authority = request.head.authority { headers["host"] = authority }
         switch access.decide(method: request.method.rawValue, path: request.uri.path, headers: headers) {
         case .allowed:
             return try await next(request, context)

@@ -156,7 +156,7 @@ extension DashboardPages {
 
             function renderStatus(status) {
               const host = $('#host-name');
-              host.textContent = show(status.host) + ' \u00b7 master pid ' + show(status.master_pid) + (status.stopping ? ' \u00b7 stopping' : '');
+              host.textContent = show(status.host) + ' \u00b7 master pid ' + show(status.master ? status.master.pid : null) + (status.paused ? ' \u00b7 paused' : '');
               const workers = Array.isArray(status.workers) ? status.workers : [];
               const counts = {};
               for (const worker of workers) counts[worker.state] = (counts[worker.state] || 0) + 1;
@@ -171,10 +171,10 @@ extension DashboardPages {
                   el('td', { className: 'vm', text: show(worker.vm) }),
                   el('td', { className: 'wrap' }, [
                     stateBadge(worker.state),
-                    present(worker.error) ? el('div', { className: 'error', text: worker.error }) : null,
+                    present(worker.last_error) ? el('div', { className: 'error', text: worker.last_error }) : null,
                   ]),
                   el('td', null, [present(worker.job) ? jobLink(worker.job) : '\u2014']),
-                  el('td', { text: present(worker.job) && present(worker.job_started_at) ? formatDuration(secondsSince(worker.job_started_at)) : '\u2014' }),
+                  el('td', { text: present(worker.job) && typeof worker.job_elapsed === 'number' ? formatDuration(worker.job_elapsed) : '\u2014' }),
                   el('td', { className: 'num', text: show(worker.jobs_done) }),
                   el('td', { className: 'num', text: formatKiB(worker.rss_kib) }),
                   el('td', { className: 'num', text: show(worker.pid) }),
