@@ -79,6 +79,8 @@ struct HTTPListenerTests {
                         || samples["tworker_vm_reset_duration_seconds_count{host=testhost,vm=worker-2}"] != nil)
                 #expect(samples["tworker_worker_restarts_total{host=testhost,reason=crash}"] == 0)
 
+                let jobsDone = await eventually(timeout: .seconds(5)) { (master.status()?.workers.compactMap(\.jobsDone).reduce(0, +)) == 18 }
+                #expect(jobsDone, "the workers' jobs_done add up to the jobs they ran: \(String(describing: master.status()?.workers))")
                 // A worker killed is a crash restart the master counts, and its counters stay.
                 let before = master.workerPIDs()
                 if let pid = before["worker-1"] { kill(pid, SIGKILL) }

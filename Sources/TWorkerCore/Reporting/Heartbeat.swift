@@ -24,6 +24,8 @@ public final class Heartbeat: Sendable {
     private let logger: Logger
     private let current = Mutex<(state: WorkerState, job: String, since: String, lastError: String)>((.idle, "", Timestamp.now(), ""))
     private let loop = Mutex<Task<Void, Never>?>(nil)
+    /// Jobs this worker process ran to a final state (`jobs_done`: the dashboard's column).
+    private let jobsDone = Mutex(0)
 
     public init(redis: RedisConnection, keys: RedisKeys, vm: String, interval: Int, queue: String = "", logger: Logger) {
         self.redis = redis
@@ -73,6 +75,9 @@ public final class Heartbeat: Sendable {
         return commands()
     }
 
+    /// One more job ended; written with the next state change.
+    public func countJobDone() { jobsDone.withLock { $0 += 1 } }
+
     /// Stops refreshing and removes the record and registration.
     public func stop() async {
         loop.withLock { $0?.cancel(); $0 = nil }
@@ -94,7 +99,7 @@ public final class Heartbeat: Sendable {
         return [
             ["HSET", key, "state", snapshot.state.rawValue, "pid", String(getpid()), "job", snapshot.job,
              "since", snapshot.since, "heartbeat_at", Timestamp.now(), "vm", vm, "host", keys.host,
-             "last_error", snapshot.lastError, "queue", queue],
+             "last_error", snapshot.lastError, "queue", queue, "jobs_done", String(jobsDone.withLock { $0 })],
             ["PEXPIRE", key, String(interval * 3 * 1000)],
             ["SADD", RedisKeys.workers, keys.workerMember(vm: vm)],
             Self.pruneExpired,

@@ -209,7 +209,6 @@ extension StatusReport.Worker {
             self.job = job
             if let since = beat["since"].flatMap(Timestamp.parse) { jobElapsed = max(0, now.timeIntervalSince(since)) }
         }
-        // `jobs_done` is not written by the worker yet; shown once it is.
         jobsDone = beat["jobs_done"].flatMap(Int.init)
         heartbeatAt = beat["heartbeat_at"]
         if let error = beat["last_error"], !error.isEmpty { lastError = error }

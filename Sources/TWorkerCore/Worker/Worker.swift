@@ -475,6 +475,7 @@ public final class Worker: Sendable {
         if let count = conclusion.quarantineAfter, let message = conclusion.lastError {
             await quarantine(after: count, lastError: message)
         }
+        if case .finished = conclusion.ending { heartbeat.countJobDone() }
         // The worker's own state changes in the same transaction as the job's.
         let afterwards = heartbeat.transition(to: conclusion.afterwards, lastError: conclusion.lastError)
         switch conclusion.ending {
