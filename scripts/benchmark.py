@@ -934,6 +934,86 @@ class Bench:
             finally:
                 subprocess.run([fake, "__fake", "stop-all"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    def http_listener(self, section, master_pid, port):
+        """The master's listener (on in the master section): the CPU a scrape of /metrics every
+        second adds, and 200 concurrent SSE followers of one running log."""
+        import json
+        import threading
+        import urllib.request
+
+        def cpu_seconds(pid):
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        base = "http://127.0.0.1:%d" % port
+        window = 20
+        quiet_start = cpu_seconds(master_pid)
+        time.sleep(window)
+        quiet = cpu_seconds(master_pid) - quiet_start
+        scraped_start = cpu_seconds(master_pid)
+        sizes = []
+        for _ in range(window):
+            t = time.monotonic()
+            with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+                sizes.append(len(response.read()))
+            time.sleep(max(0, 1 - (time.monotonic() - t)))
+        scraped = cpu_seconds(master_pid) - scraped_start
+        added = max(0.0, scraped - quiet) / window * 100
+        self.results.add(section, "/metrics scraped every second: master CPU added (%d s, %d B a scrape)" % (window, sizes[-1]),
+                         "%.2f%% of a core (idle %.2f%%)" % (added, quiet / window * 100), "<= 1%", added <= 1.0)
+
+        # One job printing 200 numbered lines over ~4 s, followed by 200 readers at once.
+        lines = 200
+        job = "sse-bench-%d" % os.getpid()
+        self.enqueue_all([{"id": job, "config": {"script": ["for i in $(seq 1 %d); do echo entry-$i; sleep 0.02; done" % lines]}}])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self.r("HGET", "tworker:job:" + job, "state") not in (b"started", b"passed"):
+            time.sleep(0.01)
+        followers = 200
+        results = [None] * followers
+
+        def follow(index):
+            seen, numbers, final = [], [], False
+            try:
+                with urllib.request.urlopen(base + "/api/jobs/%s/log/stream?from=1" % job, timeout=60) as response:
+                    event = {}
+                    for raw in response:
+                        line = raw.decode().rstrip("\n")
+                        if line:
+                            name, _, value = line.partition(": ")
+                            event[name] = value
+                            continue
+                        if event.get("event") == "log":
+                            entry = json.loads(event["data"])
+                            numbers.append(entry["n"])
+                            seen.append(entry["text"])
+                        elif event.get("event") == "final":
+                            final = True
+                        event = {}
+                results[index] = (numbers, "".join(seen), final)
+            except Exception as error:  # reported as a follower that did not get everything
+                results[index] = ([], str(error), False)
+
+        threads = [threading.Thread(target=follow, args=(i,)) for i in range(followers)]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        took = time.monotonic() - t0
+        expected = ["entry-%d" % i for i in range(1, lines + 1)]
+        complete = 0
+        for result in results:
+            if not result:
+                continue
+            numbers, text, final = result
+            got = [l for l in text.split("\n") if l.startswith("entry-")]
+            if final and got == expected and numbers == sorted(set(numbers)):
+                complete += 1
+        self.results.add(section, "%d concurrent SSE followers of one log (%d lines, %.1f s)" % (followers, lines, took),
+                         "%d got every entry in order, then final" % complete, "all %d" % followers, complete == followers)
+
     def master(self):
         """`tworker start` with vms.count 8: time until all 8 workers report idle in Redis, total RSS."""
         print("\n== 7. master: `tworker start` with 8 workers ==", flush=True)
@@ -941,8 +1021,9 @@ class Bench:
         count = 8
         self.reset()
         cdir = self.write_config("master")
+        http_port = free_port()
         with open(os.path.join(cdir, "worker.%s.yml" % ENV), "a") as f:
-            f.write("vms:\n  count: %d\n" % count)
+            f.write("vms:\n  count: %d\nhttp:\n  listen: 127.0.0.1:%d\n" % (count, http_port))
         # Benchmarks run as root on CI hosts: the workers may run as root here.
         env = dict(self.worker_env, TWORKER_ALLOW_ROOT="1")
         keys = ["tworker:worker:%s:worker-%d" % (HOST, n) for n in range(1, count + 1)]
@@ -991,6 +1072,7 @@ class Bench:
                              "%.1f MiB / %.1f MiB" % (total / 1024, sum(proc_status(x, "RssAnon") or 0 for x in pids) / 1024))
             self.results.add(section, "  master / each worker VmRSS (min..max)", "%.1f MiB / %.1f..%.1f MiB"
                              % (master_rss / 1024, min(rss) / 1024, max(rss) / 1024))
+            self.http_listener(section, p.pid, http_port)
             t1 = time.monotonic()
             p.send_signal(signal.SIGQUIT)
             try:
