@@ -10,10 +10,10 @@ struct HTTPListenerTests {
     static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
 
     /// `Tests/http/http_client.py COMMAND URL`'s output.
-    static func client(_ command: String, _ url: String, timeout: Duration = .seconds(60)) async throws -> String {
+    static func client(_ command: String, _ url: String, _ extra: [String] = [], timeout: Duration = .seconds(60)) async throws -> String {
         let out = FileManager.default.temporaryDirectory.appendingPathComponent("http-\(UUID().uuidString).out").path
         defer { try? FileManager.default.removeItem(atPath: out) }
-        let process = try SpawnedProcess.spawn("/usr/bin/env", ["python3", packageRoot + "/Tests/http/http_client.py", command, url],
+        let process = try SpawnedProcess.spawn("/usr/bin/env", ["python3", packageRoot + "/Tests/http/http_client.py", command, url] + extra,
                                                environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"], log: out)
         let status = await process.waitForExit(timeout: timeout)
         if status == nil { await process.kill9() }
@@ -28,8 +28,8 @@ struct HTTPListenerTests {
         return (try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Double]) ?? [:]
     }
 
-    static func get(_ host: TestHost, _ path: String) async throws -> (status: Int, body: String) {
-        let text = try await client("get", "http://127.0.0.1:\(host.httpPort)\(path)")
+    static func get(_ host: TestHost, _ path: String, method: String = "GET", headers: [String] = []) async throws -> (status: Int, body: String) {
+        let text = try await client("get", "http://127.0.0.1:\(host.httpPort)\(path)", [method] + headers)
         let line = text.split(separator: "\n").last.map(String.init) ?? "{}"
         let object = (try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]) ?? [:]
         return ((object["status"] as? Int) ?? 0, (object["body"] as? String) ?? "")
@@ -139,6 +139,34 @@ struct HTTPListenerTests {
                 let back = try await eventually(timeout: .seconds(20)) { try await Self.get(host, "/health").status == 200 }
                 let last = try await Self.get(host, "/health")
                 #expect(back, "\(last.body)\n\(master.output)")
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func aTokenGuardsEverythingButHealthAndChangesMustBeSameOrigin() async throws {
+        let listen = try freeLoopbackPort()
+        try await TestHost.with { host in
+            let base = "http://127.0.0.1:\(listen)"
+            func request(_ path: String, _ method: String = "GET", _ headers: [String] = []) async throws -> Int {
+                let text = try await Self.client("get", base + path, [method] + headers)
+                let object = try JSONSerialization.jsonObject(with: Data((text.split(separator: "\n").last ?? "{}").utf8)) as? [String: Any]
+                return (object?["status"] as? Int) ?? 0
+            }
+            try host.writeMasterConfig(workers: 1, "http:\n  listen: 127.0.0.1:\(listen)\n  token: s3cret-token-1\n")
+            try await host.withMaster(workers: 1) { _ in
+                #expect(try await request("/health") == 200)
+                #expect(try await request("/metrics") == 401)
+                #expect(try await request("/api/status") == 401)
+                #expect(try await request("/api/status", "GET", ["Authorization: Bearer wrong"]) == 401)
+                #expect(try await request("/api/status", "GET", ["Authorization: Bearer s3cret-token-1"]) == 200)
+                #expect(try await request("/metrics", "GET", ["Cookie: tworker_token=s3cret-token-1"]) == 200)
+                let id = try await host.push(script: ["sleep 30"])
+                #expect(try await request("/api/jobs/\(id)/cancel", "POST", ["Authorization: Bearer s3cret-token-1", "Origin: http://evil.example"]) == 403)
+                #expect(try await request("/api/jobs/\(id)/cancel", "POST", ["Origin: http://127.0.0.1:\(listen)"]) == 401)
+                #expect(try await request("/api/jobs/\(id)/cancel", "POST", ["Authorization: Bearer s3cret-token-1", "Origin: http://127.0.0.1:\(listen)"]) == 200)
+                let cancelled = try await eventually(timeout: .seconds(10)) { try await host.record(id)["state"] == "cancelled" }
+                #expect(cancelled)
             }
         }
     }

@@ -2,7 +2,7 @@
 """A small HTTP client for the listener's end-to-end tests (stdlib + prometheus-client).
 
   http_client.py metrics URL   -> JSON {"name{label=value,...}": value} parsed by prometheus-client
-  http_client.py get URL       -> JSON {"status": N, "body": "..."}
+  http_client.py get URL [METHOD] ["Name: value" ...]  -> JSON {"status": N, "body": "..."}
   http_client.py sse URL       -> one JSON line per event ({"event": .., "id": .., "data": ..}) until the stream ends
 """
 import json
@@ -11,9 +11,13 @@ import urllib.error
 import urllib.request
 
 
-def get(url):
+def get(url, method="GET", headers=()):
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    for header in headers:
+        name, _, value = header.partition(": ")
+        request.add_header(name, value)
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
@@ -33,7 +37,7 @@ def main():
                 samples["%s{%s}" % (sample.name, labels)] = sample.value
         print(json.dumps(samples, sort_keys=True))
     elif command == "get":
-        status, body = get(url)
+        status, body = get(url, sys.argv[3] if len(sys.argv) > 3 else "GET", sys.argv[4:])
         print(json.dumps({"status": status, "body": body}))
     elif command == "sse":
         with urllib.request.urlopen(url, timeout=60) as response:
