@@ -2,8 +2,8 @@ import Foundation
 import Logging
 import Synchronization
 
-/// One worker's qemu VM and the per-job cycle: `cont` the guest paused at `sandbox`, set its
-/// clock, run the build over SSH, then `loadvm sandbox` and `stop` right away, so the next job
+/// One worker's qemu VM and the per-job cycle: `cont` the guest paused at `sandbox`, run the
+/// build over SSH in a session that first sets the guest's clock, then `loadvm sandbox` and `stop` right away, so the next job
 /// starts about half a second after it arrives and a waiting VM costs no CPU.
 ///
 /// Its files live in `<state_dir>/qemu/worker-N/`: the overlay, the QMP socket, the pid file
@@ -57,7 +57,7 @@ public final class QEMUMachine: Machine {
     public func run(script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws(InfrastructureError) -> BuildExit {
         do {
             return try await InfrastructureError.mapping("running the build on VM \(vmName)") {
-                try await target.runBuild(script: script, output: output)
+                try await target.runBuild(script: script, settingClock: true, whenRefused: sessionRefused(), output: output)
             }
         } catch {
             throw InfrastructureError(describe(error))
@@ -124,8 +124,24 @@ public final class QEMUMachine: Machine {
         } else {
             try await startFromSandbox()
         }
+        // The clock is set by the build's own session (`run`): one SSH session per job, not two.
         try await waitForSSH()
-        try await setGuestClock()
+    }
+
+    /// What the build's session does when ssh failed before anything ran on the guest:
+    /// dropbear refuses a 6th unauthenticated connection from one address, and under TCG the
+    /// children of the banner probes can take a moment to exit. Tried again every 100 ms until
+    /// `timeouts.vm_boot`, unless qemu is gone.
+    private func sessionRefused() -> @Sendable (String) async throws -> Void {
+        let deadline = ContinuousClock.now + settings.bootTimeout
+        return { [process, vmName, logger, bootTimeout = settings.bootTimeout] detail in
+            guard process.runningPID() != nil else { throw InfrastructureError("qemu for VM \(vmName) exited before SSH answered") }
+            guard ContinuousClock.now < deadline else {
+                throw InfrastructureError("SSH on VM \(vmName) refused the build's session for \(bootTimeout.components.seconds) s (timeouts.vm_boot): \(detail)")
+            }
+            logger.debug("ssh refused, retrying", metadata: ["vm": "\(vmName)", "error": "\(detail)"])
+            try await Task.sleep(for: .milliseconds(100))
+        }
     }
 
     /// `loadvm` while the guest runs, then `stop`: the restored guest waits paused and answers
@@ -222,7 +238,8 @@ public final class QEMUMachine: Machine {
     }
 
     /// A guest loses the time it was paused, and one started from a snapshot wakes at the
-    /// snapshot's time: TLS, make and git all need the host's clock.
+    /// snapshot's time: TLS, make and git all need the host's clock. Here for the first boot
+    /// (import, before the provision scripts); a job's clock is set by its build's session.
     ///
     /// Also the first full SSH session after the banner: dropbear refuses a 6th unauthenticated
     /// connection from one address, and under TCG the children of the banner probes can take a
