@@ -119,11 +119,20 @@ public final class QEMUMachine: Machine {
     private func readyForJob() async throws {
         let (qmp, restored) = state.withLock { state in defer { state.restored = false }; return (state.qmp, state.restored) }
         if let qmp, process.runningPID() != nil {
-            if !restored { try await qmp.humanMonitor("loadvm \(QEMUProvider.sandboxSnapshot)", timeout: settings.qemuTimeout) }
-            if try await !qmp.status(timeout: settings.qemuTimeout).running { try await qmp.cont(timeout: settings.qemuTimeout) }
-        } else {
-            try await startFromSandbox()
+            if restored {
+                // `release` left it paused: one QMP round trip, no status query.
+                try await qmp.cont(timeout: settings.qemuTimeout)
+            } else {
+                try await qmp.humanMonitor("loadvm \(QEMUProvider.sandboxSnapshot)", timeout: settings.qemuTimeout)
+                if try await !qmp.status(timeout: settings.qemuTimeout).running { try await qmp.cont(timeout: settings.qemuTimeout) }
+            }
+            // No banner polling: sshd was listening when `sandbox` was taken, so the build's ssh
+            // (`run`) connects at once and starts while the guest wakes (its banner comes
+            // ~0.14 s after `cont`); a session refused meanwhile is retried.
+            return
         }
+        try await startFromSandbox()
+        // A new qemu takes a second or more to answer: polling the banner costs no ssh process.
         // The clock is set by the build's own session (`run`): one SSH session per job, not two.
         try await waitForSSH()
     }
