@@ -58,7 +58,8 @@ import TWorkerTestSupport
     }
 
     @Test func theEpochIsTheHostsTimeWhenTheCommandRuns() {
-        #expect(SSHTarget.clockEpoch(now: Date(timeIntervalSince1970: 100.1)) == 100)
-        #expect(SSHTarget.clockEpoch(now: Date(timeIntervalSince1970: 100.3)) == 101, "rounded after the session's set-up")
+        #expect(SSHTarget.clockEpoch(now: Date(timeIntervalSince1970: 100.1), sessionSetUp: 0.3) == 100)
+        #expect(SSHTarget.clockEpoch(now: Date(timeIntervalSince1970: 100.3), sessionSetUp: 0.3) == 101, "rounded after the session's set-up")
+        #expect(SSHTarget.clockEpoch(now: Date(timeIntervalSince1970: 100.3), sessionSetUp: 0.1) == 100)
     }
 }
