@@ -178,7 +178,10 @@ public final class QEMUMachine: Machine {
     /// the next job that handshake.
     private func openWarmConnection() async {
         await closeWarmConnection()
-        var command = ProgramCommand.sshControlMaster(target, controlPath: controlPath)
+        // A banner normally comes within a second of `loadvm`, but a TCG guest starved by a
+        // loaded host was seen to miss ssh's usual 5 s; waiting here beats a handshake on the
+        // next job's path.
+        var command = ProgramCommand.sshControlMaster(target, controlPath: controlPath, connectTimeout: 20)
         command.timeout = settings.qemuTimeout
         do {
             try await runner.run(command)

@@ -88,8 +88,8 @@ extension ProgramCommand {
     }
 
     /// ssh opening a master connection to `target` on its control socket, left in the background.
-    public static func sshControlMaster(_ target: SSHTarget, controlPath: String) -> ProgramCommand {
-        ProgramCommand(.ssh, arguments: target.controlMasterArguments(controlPath: controlPath))
+    public static func sshControlMaster(_ target: SSHTarget, controlPath: String, connectTimeout: Int = 5) -> ProgramCommand {
+        ProgramCommand(.ssh, arguments: target.controlMasterArguments(controlPath: controlPath, connectTimeout: connectTimeout))
     }
 
     /// ssh telling the master connection on `controlPath` to exit.
