@@ -62,6 +62,27 @@ import Testing
         #expect(command.arguments == target.arguments(remoteCommand: ["bash", "-s"]))
     }
 
+    /// A build's session uses the master connection on the control socket when one runs (and
+    /// connects on its own otherwise); the master itself keeps no keep-alives, so it outlives a
+    /// paused guest (ssh takes the first value of an option, so order matters).
+    @Test func sshSessionsGoOverTheMasterConnectionWhenThereIsOne() {
+        let target = SSHTarget(user: "root", host: "127.0.0.1", port: 2221, key: "/id", knownHosts: "/k", controlPath: "/w/ssh.sock")
+        let session = ProgramCommand.ssh(target, remoteCommand: ["true"]).arguments
+        #expect(Array(session.prefix(4)) == ["-o", "ControlPath=/w/ssh.sock", "-o", "ControlMaster=no"])
+        #expect(session.contains("ServerAliveInterval=5"))
+
+        let master = ProgramCommand.sshControlMaster(target, controlPath: "/w/ssh.sock")
+        #expect(master.program == .ssh)
+        #expect(Array(master.arguments.prefix(8)) == ["-o", "ControlPath=/w/ssh.sock", "-o", "ControlMaster=yes", "-o", "ControlPersist=yes",
+                                                       "-o", "ServerAliveInterval=0"])
+        #expect(!master.arguments.contains("ControlMaster=no"))
+        #expect(Array(master.arguments.suffix(5)) == ["-l", "root", "127.0.0.1", "--", "true"])
+        #expect(master.arguments.firstIndex(of: "ServerAliveInterval=0")! < master.arguments.firstIndex(of: "ServerAliveInterval=5")!)
+
+        let exit = ProgramCommand.sshControlExit(target, controlPath: "/w/ssh.sock")
+        #expect(exit.arguments == ["-o", "ControlPath=/w/ssh.sock", "-O", "exit", "-p", "2221", "-l", "root", "127.0.0.1"])
+    }
+
     @Test func failuresKeepEachToolsWording() {
         let git = ProgramFailure(tool: "git", arguments: ["ls-remote", "x"], status: .exited(128), stdout: "",
                                  stderr: "fatal: repository 'x' not found\n", wording: .standardError)

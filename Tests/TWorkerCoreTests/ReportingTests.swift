@@ -67,10 +67,12 @@ import TWorkerTestSupport
             defer { redis.close() }
             let streamer = try await LogStreamer.resuming(redis: redis, key: "log:a", retention: 60, logger: logger)
             await streamer.append("line one\n")
-            #expect(try await entries(redis, "log:a").isEmpty, "not flushed before 200 ms")
-            let flushed = try await eventually(timeout: .seconds(1)) { try await !entries(redis, "log:a").isEmpty }
-            #expect(flushed)
+            let first = try await eventually(timeout: .seconds(1)) { try await entries(redis, "log:a").count == 1 }
+            #expect(first)
             await streamer.append("line two\n")
+            #expect(try await entries(redis, "log:a").count == 1, "later output waits up to 200 ms")
+            let flushed = try await eventually(timeout: .seconds(1)) { try await entries(redis, "log:a").count == 2 }
+            #expect(flushed)
             await streamer.finish()
             let all = try await entries(redis, "log:a")
             #expect(all.map(\.id) == ["0-1", "0-2", "0-3"])
@@ -78,6 +80,30 @@ import TWorkerTestSupport
             #expect(all.compactMap { $0.fields["data"] }.joined() == "line one\nline two\n")
             #expect(all.last?.fields["final"] == "1")
             #expect(try await redis.send(["TTL", "log:a"]).int ?? 0 > 0)
+        }
+    }
+
+    /// The first output is what a watcher waits for: it is written at once, later small output
+    /// waits for the interval (stretched to an hour here, so only the first write can explain
+    /// an entry before `finish`).
+    @Test func theFirstOutputIsWrittenAtOnceAndLaterOutputIsBatched() async throws {
+        try await withRedisServer { server in
+            let redis = RedisConnection(endpoint: server.endpoint)
+            defer { redis.close() }
+            let streamer = try await LogStreamer.resuming(redis: redis, key: "log:first", retention: 60, logger: logger,
+                                                          flushInterval: .seconds(3600))
+            await streamer.append("first line\n")
+            let written = try await eventually(timeout: .seconds(10)) { try await !entries(redis, "log:first").isEmpty }
+            #expect(written, "the first chunk is not held for the flush interval")
+            await streamer.append("second line\n")
+            await streamer.append("third line\n")
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(try await entries(redis, "log:first").compactMap { $0.fields["data"] } == ["first line\n"],
+                    "later small output waits for the interval or 4 KiB")
+            await streamer.finish()
+            let all = try await entries(redis, "log:first")
+            #expect(all.map(\.id) == ["0-1", "0-2", "0-3"])
+            #expect(all.compactMap { $0.fields["data"] }.joined() == "first line\nsecond line\nthird line\n")
         }
     }
 

@@ -4,12 +4,13 @@ import RedisClient
 
 /// Streams a job's output into its Redis stream `tworker:job:<id>:log`.
 ///
-/// Output is flushed once 4 KiB are buffered or 200 ms after the oldest buffered byte,
-/// whichever comes first. Entries carry explicit stream ids `0-<n>` so that a write retried
-/// after a lost connection is recognised by Redis instead of being duplicated, and a later
-/// attempt of the same job continues the numbering. While Redis is away the buffer keeps
-/// filling up to `maxBuffered`, after which `append` waits: the build then blocks on its pipe
-/// rather than our memory growing.
+/// The first output is written at once: it is what someone watching a job waits for, and it
+/// shows the build has begun. After that, output is flushed once 4 KiB are buffered or 200 ms
+/// after the oldest buffered byte, whichever comes first. Entries carry explicit stream ids
+/// `0-<n>` so that a write retried after a lost connection is recognised by Redis instead of
+/// being duplicated, and a later attempt of the same job continues the numbering. While Redis
+/// is away the buffer keeps filling up to `maxBuffered`, after which `append` waits: the build
+/// then blocks on its pipe rather than our memory growing.
 public actor LogStreamer {
     public static let flushThreshold = 4096
     public static let flushInterval: Duration = .milliseconds(200)
@@ -20,7 +21,10 @@ public actor LogStreamer {
     private let key: String
     private let retention: Int
     private let logger: Logger
+    private let flushInterval: Duration
     private var nextNumber: Int
+    /// False until this streamer's first write starts: that one does not wait for the timer.
+    private var flushedOnce = false
     private var buffer: [UInt8] = []
     private var oldestBufferedAt: ContinuousClock.Instant?
     private var inFlight: Task<Void, Never>?
@@ -28,18 +32,23 @@ public actor LogStreamer {
     private var finished = false
 
     /// Starts a streamer that continues after the last entry already in the stream.
-    public static func resuming(redis: RedisConnection, key: String, retention: Int, logger: Logger) async throws -> LogStreamer {
+    public static func resuming(redis: RedisConnection, key: String, retention: Int, logger: Logger,
+                                flushInterval: Duration = LogStreamer.flushInterval) async throws -> LogStreamer {
         let last = try await withRedisRetry(logger: logger, what: "read the end of \(key)") {
             try await redis.send(JobStore.logEndCommand(key: key))
         }
-        return LogStreamer(redis: redis, key: key, retention: retention, logger: logger, lastNumber: JobStore.lastLogNumber(in: last))
+        return LogStreamer(redis: redis, key: key, retention: retention, logger: logger, lastNumber: JobStore.lastLogNumber(in: last),
+                           flushInterval: flushInterval)
     }
 
-    public init(redis: RedisConnection, key: String, retention: Int, logger: Logger, lastNumber: Int) {
+    /// `flushInterval`: how long output after the first may wait in the buffer (tests stretch it).
+    public init(redis: RedisConnection, key: String, retention: Int, logger: Logger, lastNumber: Int,
+                flushInterval: Duration = LogStreamer.flushInterval) {
         self.redis = redis
         self.key = key
         self.retention = retention
         self.logger = logger
+        self.flushInterval = flushInterval
         self.nextNumber = lastNumber + 1
     }
 
@@ -52,7 +61,7 @@ public actor LogStreamer {
         bytesWritten += bytes.count
         if buffer.isEmpty { oldestBufferedAt = .now }
         buffer.append(contentsOf: bytes)
-        if buffer.count >= Self.flushThreshold { startFlushIfIdle() } else { armTimer() }
+        if buffer.count >= Self.flushThreshold || !flushedOnce { startFlushIfIdle() } else { armTimer() }
         while buffer.count >= Self.maxBuffered, let flight = inFlight { await flight.value }
     }
 
@@ -90,7 +99,7 @@ public actor LogStreamer {
 
     private func armTimer() {
         guard timer == nil, let oldest = oldestBufferedAt else { return }
-        let deadline = oldest.advanced(by: Self.flushInterval)
+        let deadline = oldest.advanced(by: flushInterval)
         timer = Task { [weak self] in
             try? await Task.sleep(until: deadline, clock: .continuous)
             await self?.timerFired()
@@ -104,6 +113,7 @@ public actor LogStreamer {
 
     private func startFlushIfIdle() {
         guard inFlight == nil, !buffer.isEmpty else { return }
+        flushedOnce = true
         timer?.cancel()
         timer = nil
         let entries = takeEntries()
@@ -131,7 +141,7 @@ public actor LogStreamer {
     private func flushCompleted() {
         inFlight = nil
         guard !buffer.isEmpty else { return }
-        if buffer.count >= Self.flushThreshold || (oldestBufferedAt.map { .now - $0 >= Self.flushInterval } ?? true) {
+        if buffer.count >= Self.flushThreshold || (oldestBufferedAt.map { .now - $0 >= flushInterval } ?? true) {
             startFlushIfIdle()
         } else {
             armTimer()

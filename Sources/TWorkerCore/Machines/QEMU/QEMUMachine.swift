@@ -2,8 +2,8 @@ import Foundation
 import Logging
 import Synchronization
 
-/// One worker's qemu VM and the per-job cycle: `cont` the guest paused at `sandbox`, set its
-/// clock, run the build over SSH, then `loadvm sandbox` and `stop` right away, so the next job
+/// One worker's qemu VM and the per-job cycle: `cont` the guest paused at `sandbox`, run the
+/// build over SSH in a session that first sets the guest's clock, then `loadvm sandbox` and `stop` right away, so the next job
 /// starts about half a second after it arrives and a waiting VM costs no CPU.
 ///
 /// Its files live in `<state_dir>/qemu/worker-N/`: the overlay, the QMP socket, the pid file
@@ -39,10 +39,13 @@ public final class QEMUMachine: Machine {
         process = QEMUProcess(pidFile: directory + "/qemu.pid", name: vmName)
         let sshDir = (settings.stateDir as NSString).appendingPathComponent("ssh")
         target = SSHTarget(user: settings.ssh.user, host: settings.ssh.host, port: settings.ssh.portBase + number, key: settings.ssh.key,
-                           knownHosts: (sshDir as NSString).appendingPathComponent("known_hosts-\(name)"))
+                           knownHosts: (sshDir as NSString).appendingPathComponent("known_hosts-\(name)"),
+                           controlPath: directory + "/ssh.sock")
     }
 
     var qmpSocket: String { directory + "/qmp.sock" }
+    /// The control socket of the SSH connection opened before the guest is paused.
+    var controlPath: String { directory + "/ssh.sock" }
     var consoleLog: String { directory + "/console.log" }
     public var sshPort: Int { target.port }
     /// The running qemu's pid, when it runs.
@@ -57,7 +60,7 @@ public final class QEMUMachine: Machine {
     public func run(script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws(InfrastructureError) -> BuildExit {
         do {
             return try await InfrastructureError.mapping("running the build on VM \(vmName)") {
-                try await target.runBuild(script: script, output: output)
+                try await target.runBuild(script: script, settingClock: true, whenRefused: sessionRefused(), output: output)
             }
         } catch {
             throw InfrastructureError(describe(error))
@@ -94,12 +97,14 @@ public final class QEMUMachine: Machine {
     @discardableResult
     private func stopQEMU() async -> pid_t? {
         await dropConnection()
+        await closeWarmConnection()
         return await process.stop()
     }
 
     /// Stops the VM: a worker that exits leaves no qemu behind.
     public func shutdown() async {
         let qmp = state.withLock { state in defer { state.qmp = nil; state.restored = false }; return state.qmp }
+        await closeWarmConnection()
         if let qmp {
             try? await qmp.quit(timeout: .seconds(5))
             await qmp.close()
@@ -119,24 +124,84 @@ public final class QEMUMachine: Machine {
     private func readyForJob() async throws {
         let (qmp, restored) = state.withLock { state in defer { state.restored = false }; return (state.qmp, state.restored) }
         if let qmp, process.runningPID() != nil {
-            if !restored { try await qmp.humanMonitor("loadvm \(QEMUProvider.sandboxSnapshot)", timeout: settings.qemuTimeout) }
-            if try await !qmp.status(timeout: settings.qemuTimeout).running { try await qmp.cont(timeout: settings.qemuTimeout) }
-        } else {
-            try await startFromSandbox()
+            if restored {
+                // `release` left it paused: one QMP round trip, no status query.
+                try await qmp.cont(timeout: settings.qemuTimeout)
+            } else {
+                try await qmp.humanMonitor("loadvm \(QEMUProvider.sandboxSnapshot)", timeout: settings.qemuTimeout)
+                if try await !qmp.status(timeout: settings.qemuTimeout).running { try await qmp.cont(timeout: settings.qemuTimeout) }
+            }
+            // No banner polling: sshd was listening when `sandbox` was taken, so the build's ssh
+            // (`run`) connects at once and starts while the guest wakes (its banner comes
+            // ~0.14 s after `cont`); a session refused meanwhile is retried.
+            return
         }
+        try await startFromSandbox()
+        // A new qemu takes a second or more to answer: polling the banner costs no ssh process.
+        // The clock is set by the build's own session (`run`): one SSH session per job, not two.
         try await waitForSSH()
-        try await setGuestClock()
     }
 
-    /// `loadvm` while the guest runs, then `stop`: the restored guest waits paused and answers
-    /// SSH ~0.5 s after `cont` (a `loadvm` issued while paused costs ~0.4 s more at `cont`).
+    /// What the build's session does when ssh failed before anything ran on the guest:
+    /// dropbear refuses a 6th unauthenticated connection from one address, and under TCG the
+    /// children of the banner probes can take a moment to exit. Tried again every 100 ms until
+    /// `timeouts.vm_boot`, unless qemu is gone.
+    private func sessionRefused() -> @Sendable (String) async throws -> Void {
+        let deadline = ContinuousClock.now + settings.bootTimeout
+        return { [process, vmName, logger, bootTimeout = settings.bootTimeout] detail in
+            guard process.runningPID() != nil else { throw InfrastructureError("qemu for VM \(vmName) exited before SSH answered") }
+            guard ContinuousClock.now < deadline else {
+                throw InfrastructureError("SSH on VM \(vmName) refused the build's session for \(bootTimeout.components.seconds) s (timeouts.vm_boot): \(detail)")
+            }
+            logger.debug("ssh refused, retrying", metadata: ["vm": "\(vmName)", "error": "\(detail)"])
+            try await Task.sleep(for: .milliseconds(100))
+        }
+    }
+
+    /// `loadvm` while the guest runs, open the SSH connection the next build will use, then
+    /// `stop`: the restored guest waits paused, costing no CPU, and the next build's session
+    /// needs no handshake (~0.13 s after `cont` instead of ~0.4-0.6 s under TCG). A `loadvm`
+    /// issued while paused would cost ~0.4 s more at `cont`.
     private func restoreAndPause() async throws {
         guard let qmp = state.withLock({ $0.qmp }), process.runningPID() != nil else {
             throw InfrastructureError("qemu for VM \(vmName) is not running; the next job starts it again")
         }
         try await qmp.humanMonitor("loadvm \(QEMUProvider.sandboxSnapshot)", timeout: settings.qemuTimeout)
+        await openWarmConnection()
         try await qmp.stop(timeout: settings.qemuTimeout)
         state.withLock { $0.restored = true }
+    }
+
+    /// An ssh master connection to the freshly restored guest (`ssh.sock`), kept across the
+    /// pause: the guest's side of it is frozen with the guest, so it neither times out nor
+    /// notices. Without it the build's session connects on its own, so failing here only costs
+    /// the next job that handshake.
+    ///
+    /// Now and then (4 times in about 230 resets here) a guest just restored answers no SSH
+    /// for seconds, new connections included, yet answers at once after the `stop`/`cont` of
+    /// the next job: one short attempt, then the pause, rather than a long wait here.
+    private func openWarmConnection() async {
+        await closeWarmConnection()
+        var command = ProgramCommand.sshControlMaster(target, controlPath: controlPath, connectTimeout: 3)
+        command.timeout = settings.qemuTimeout
+        do {
+            try await runner.run(command)
+        } catch {
+            try? FileManager.default.removeItem(atPath: controlPath)
+            logger.warning("could not open the SSH connection the next job would use; it will connect on its own",
+                           metadata: ["vm": "\(vmName)", "error": "\(error)"])
+        }
+    }
+
+    /// Ends the master connection: after `loadvm` its guest side is gone, and nothing of
+    /// tworker's may outlive the VM.
+    private func closeWarmConnection() async {
+        guard FileManager.default.fileExists(atPath: controlPath) else { return }
+        var command = ProgramCommand.sshControlExit(target, controlPath: controlPath)
+        command.timeout = .seconds(10)
+        _ = try? await runner.run(command)
+        // A master that died leaves its socket behind, and a new master will not replace one.
+        try? FileManager.default.removeItem(atPath: controlPath)
     }
 
     /// Starts qemu from the overlay's `sandbox` (`-loadvm`), making the overlay and the
@@ -237,7 +302,8 @@ public final class QEMUMachine: Machine {
     }
 
     /// A guest loses the time it was paused, and one started from a snapshot wakes at the
-    /// snapshot's time: TLS, make and git all need the host's clock.
+    /// snapshot's time: TLS, make and git all need the host's clock. Here for the first boot
+    /// (import, before the provision scripts); a job's clock is set by its build's session.
     ///
     /// Also the first full SSH session after the banner: dropbear refuses a 6th unauthenticated
     /// connection from one address, and under TCG the children of the banner probes can take a

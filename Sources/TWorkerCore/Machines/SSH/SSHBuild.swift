@@ -21,25 +21,68 @@ extension SSHTarget {
     /// The build's own output (stderr merged into stdout by the script) comes on stdout; the
     /// guest-side wrapper reports the script's exit status on stderr, where ssh also reports
     /// its own failures. No status line means ssh's 255 was the connection, not the build.
-    func runBuild(script: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws -> BuildExit {
-        let token = "tworker-exit-" + UUID().uuidString.prefix(8).lowercased()
-        let remote = "bash -s; status=$?; echo \(token):$status >&2; exit $status"
-        let command = try BuildCommand(.ssh(self, remoteCommand: [remote]), standardInput: script)
-        let errors = Mutex<[UInt8]>([])
-        let exit = try await ChildProcess.run(command, output: output) { chunk in
-            errors.withLock { if $0.count < 65536 { $0 += chunk } }
+    ///
+    /// `settingClock`: the same session first sets the guest's clock to the host's (a guest
+    /// loses the time it was paused), so a job pays for one SSH session, not two.
+    /// `whenRefused`: called with ssh's complaint when a session failed before it ran anything
+    /// on the guest (a guest still waking, dropbear refusing); it throws to give up, or returns
+    /// to try again. Without it such a session fails the build as a lost connection.
+    func runBuild(script: String, settingClock: Bool = false, whenRefused: (@Sendable (String) async throws -> Void)? = nil,
+                  output: @escaping @Sendable ([UInt8]) async -> Void) async throws -> BuildExit {
+        while true {
+            let token = "tworker-exit-" + UUID().uuidString.prefix(8).lowercased()
+            // Taken as late as possible: the command runs one session set-up later, ~0.1 s over an
+            // open master connection, ~0.3 s for a handshake of its own (TCG).
+            let overMaster = controlPath.map { FileManager.default.fileExists(atPath: $0) } ?? false
+            let epoch = settingClock ? Self.clockEpoch(now: Date(), sessionSetUp: overMaster ? 0.1 : 0.3) : nil
+            let remote = Self.buildRemoteCommand(token: token, clockEpoch: epoch, marksStart: whenRefused != nil)
+            let command = try BuildCommand(.ssh(self, remoteCommand: [remote]), standardInput: script)
+            let errors = Mutex<[UInt8]>([])
+            let exit = try await ChildProcess.run(command, output: output) { chunk in
+                errors.withLock { if $0.count < 65536 { $0 += chunk } }
+            }
+            let stderr = String(decoding: errors.withLock { $0 }, as: UTF8.self)
+            if let reported = Self.reportedStatus(in: stderr, token: token) { return .exited(reported) }
+            if Self.marks(stderr, token: token, "clock") {
+                throw InfrastructureError("could not set the machine's clock (`date -s` as \(user) on \(host):\(port)); "
+                                          + "ssh.user must be allowed to set the time (root)")
+            }
+            if case .exited(255) = exit {
+                let detail = stderr.split(separator: "\n").filter { !$0.hasPrefix(token) }.joined(separator: "\n")
+                    .trimmingCharacters(in: .whitespacesAndNewlines)
+                if let whenRefused, !Self.marks(stderr, token: token, "start") {
+                    try await whenRefused(detail)
+                    continue
+                }
+                throw InfrastructureError("the connection to the machine was lost (ssh exit 255)" + (detail.isEmpty ? "" : ": \(detail)"))
+            }
+            return exit
         }
-        let stderr = String(decoding: errors.withLock { $0 }, as: UTF8.self)
-        if let reported = Self.reportedStatus(in: stderr, token: token) { return .exited(reported) }
-        if case .exited(255) = exit {
-            let detail = stderr.trimmingCharacters(in: .whitespacesAndNewlines)
-            throw InfrastructureError("the connection to the machine was lost (ssh exit 255)" + (detail.isEmpty ? "" : ": \(detail)"))
-        }
-        return exit
+    }
+
+    /// The guest side of a build session. `<token>:start` on stderr says the session ran (a
+    /// retry would run the build twice); `<token>:clock` that the clock could not be set, and
+    /// the build did not run; `<token>:<status>` how the build ended. The clock's own output
+    /// goes nowhere, so the job's log starts with the build's first line.
+    static func buildRemoteCommand(token: String, clockEpoch: Int?, marksStart: Bool) -> String {
+        var remote = marksStart ? "echo \(token):start >&2; " : ""
+        if let clockEpoch { remote += "date -s @\(clockEpoch) >/dev/null 2>&1 || { echo \(token):clock >&2; exit 1; }; " }
+        return remote + "bash -s; status=$?; echo \(token):$status >&2; exit $status"
+    }
+
+    /// The host's time in whole seconds (busybox `date -s @N` takes no fraction) as it will be
+    /// when the command runs on the guest, about one session set-up after `now`: rounding
+    /// keeps the guest within about half a second of the host.
+    static func clockEpoch(now: Date, sessionSetUp: TimeInterval) -> Int {
+        Int((now.timeIntervalSince1970 + sessionSetUp).rounded())
     }
 
     static func reportedStatus(in stderr: String, token: String) -> Int32? {
-        guard let line = stderr.split(separator: "\n").last(where: { $0.hasPrefix(token + ":") }) else { return nil }
-        return Int32(line.dropFirst(token.count + 1))
+        stderr.split(separator: "\n").reversed().lazy
+            .compactMap { $0.hasPrefix(token + ":") ? Int32($0.dropFirst(token.count + 1)) : nil }.first
+    }
+
+    static func marks(_ stderr: String, token: String, _ marker: String) -> Bool {
+        stderr.split(separator: "\n").contains { $0 == token + ":" + marker }
     }
 }

@@ -86,4 +86,14 @@ extension ProgramCommand {
     public static func ssh(_ target: SSHTarget, remoteCommand: [String]) -> ProgramCommand {
         ProgramCommand(.ssh, arguments: target.arguments(remoteCommand: remoteCommand))
     }
+
+    /// ssh opening a master connection to `target` on its control socket, left in the background.
+    public static func sshControlMaster(_ target: SSHTarget, controlPath: String, connectTimeout: Int = 5) -> ProgramCommand {
+        ProgramCommand(.ssh, arguments: target.controlMasterArguments(controlPath: controlPath, connectTimeout: connectTimeout))
+    }
+
+    /// ssh telling the master connection on `controlPath` to exit.
+    public static func sshControlExit(_ target: SSHTarget, controlPath: String) -> ProgramCommand {
+        ProgramCommand(.ssh, arguments: target.controlExitArguments(controlPath: controlPath))
+    }
 }
