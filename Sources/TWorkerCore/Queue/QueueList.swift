@@ -17,6 +17,7 @@ public struct QueueList: Sendable, Equatable, CustomStringConvertible {
     }
 
     public init(_ names: [String]) throws(Problem) {
+        if names == [""] { throw Problem(description: "must not be empty") }
         var unique: [String] = []
         for (index, name) in names.enumerated() {
             let position = names.count > 1 ? "queue \(index + 1) " : ""

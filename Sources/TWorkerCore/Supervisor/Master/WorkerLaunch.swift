@@ -22,9 +22,12 @@ struct WorkerLaunch: Sendable {
 
     var vm: String { "worker-\(number)" }
 
+    /// The child's arguments after the executable.
+    var commandLine: [String] { ["work"] + arguments + ["--vm", vm] + (queues.map { ["--queue", $0] } ?? []) }
+
     /// Runs the child to its end, calling `started` with its pid; returns how it ended, as the log says it.
     func run(logger: Logger, started: @escaping @Sendable (pid_t) -> Void) async -> String {
-        let arguments = ["work"] + arguments + ["--vm", vm] + (queues.map { ["--queue", $0] } ?? [])
+        let arguments = commandLine
         var options = PlatformOptions()
         // Its own session: a Ctrl-C or a supervisor's signal to the master's group reaches the
         // master only, which forwards what it means.
