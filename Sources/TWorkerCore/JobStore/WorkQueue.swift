@@ -71,8 +71,9 @@ public struct WorkQueue: Sendable {
         local id = job.args[1].id
         if type(id) == 'number' and id == math.floor(id) then id = string.format('%d', id) end
         if type(id) == 'string' and #id > 0 and #id <= 128 and not string.find(id, '%s') then
-          redis.call('HSET', ARGV[2] .. id, 'queue', name)
-          redis.call('EXPIRE', ARGV[2] .. id, ARGV[3])
+          -- A note only: refused (ACL, OOM), it must not fail a move that already happened.
+          redis.pcall('HSET', ARGV[2] .. id, 'queue', name)
+          redis.pcall('EXPIRE', ARGV[2] .. id, ARGV[3])
         end
       end
       return {'job', name, raw}

@@ -193,11 +193,14 @@ public final class Worker: Sendable {
         await heartbeat.stop()
     }
 
-    /// Prunes dead workers as Resque's `startup` does, then registers this one (its heartbeat is written).
+    /// Prunes dead workers as Resque's `startup` does, then registers this one (its heartbeat is
+    /// written). Best effort: it never holds up taking jobs, and each job's start registers again.
     private func registerWithResque() async {
-        _ = await persistently("register with Resque") {
+        do {
             try await ResqueWorkerRegistry.prune(redis: redis, namespace: settings.namespace, logger: logger)
             _ = try await redis.checkedPipeline(bytes: JobStore.transaction(resque.registerCommands().map(JobStore.bytes)))
+        } catch {
+            logger.warning("could not register with Resque's worker list; the next job registers again", metadata: ["error": "\(error)"])
         }
     }
 
