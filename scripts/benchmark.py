@@ -676,6 +676,53 @@ class Bench:
                          "report; lower is better")
         self.results.add(section, "jobs passed", "%d / %d" % (passed, n), "%d" % n, passed == n)
 
+    def queues(self):
+        """Idle CPU of a worker on one queue and on five, and how soon it takes a job pushed to
+        its lowest queue: by a plain Resque client (RPUSH only) and by tworker (RPUSH + wake entry)."""
+        section = "3b queues"
+        idle_s, n, gap = 10.0, 50, 0.1
+        print("\n== 3b. Queue lists: idle CPU over %.0f s, and pickup of %d jobs pushed to the last queue ==" % (idle_s, n),
+              flush=True)
+        redis_pid = getattr(getattr(self, "redis_proc", None), "pid", None)
+        for label, queues in [("1 queue", QUEUE), ("5 queues", "q1,q2,q3,q4," + QUEUE)]:
+            self.reset()
+            cdir = self.write_config("queues-%d" % len(queues.split(",")))
+            p = self.spawn_worker(cdir, burst=False, env=dict(self.worker_env, QUEUES=queues))
+            try:
+                self.wait_ready(p)
+                time.sleep(1.0)
+                w0, r0, t0 = self.cpu_ns(p.pid), self.cpu_ns(redis_pid) if redis_pid else None, time.monotonic()
+                time.sleep(idle_s)
+                w1, r1, t1 = self.cpu_ns(p.pid), self.cpu_ns(redis_pid) if redis_pid else None, time.monotonic()
+                worker_pct = 100.0 * (w1 - w0) / 1e9 / (t1 - t0)
+                redis_pct = 100.0 * (r1 - r0) / 1e9 / (t1 - t0) if r0 is not None and r1 is not None else float("nan")
+                self.results.add(section, "idle CPU, worker on %s" % label, "%.2f %% (redis-server %.2f %%)" % (worker_pct, redis_pct),
+                                 "report; 5 queues <= 1 queue")
+                self.r("SADD", QUEUES_KEY, QUEUE)
+                for how in ("resque RPUSH", "tworker enqueue"):
+                    ids = ["qp-%s-%s-%03d" % (label[0], how[0], i) for i in range(n)]
+                    for i in ids:
+                        raw = envelope({"id": i, "config": {"script": ["true"]}}, queued_at=now_iso())
+                        if how == "resque RPUSH":
+                            self.r("RPUSH", QUEUE_KEY, raw)
+                        else:
+                            self.r.pipeline([["MULTI"], ["RPUSH", QUEUE_KEY, raw],
+                                             ["XADD", "tworker:wake:resque", "MAXLEN", "~", "100", "*", "queue", QUEUE], ["EXEC"]])
+                        time.sleep(gap)
+                    self.wait_final(ids, timeout=30, worker=p)
+                    lat = []
+                    for r in self.records(ids).values():
+                        q, rcv = parse_iso(r.get("queued_at")), parse_iso(r.get("received_at"))
+                        if q is not None and rcv is not None:
+                            lat.append(1000 * (rcv - q))
+                    if lat:
+                        self.results.add(section, "pickup (received_at - queued_at), %s, %s" % (label, how),
+                                         "p50 %.0f / p99 %.0f / max %.0f ms" % (percentile(lat, 50), percentile(lat, 99), max(lat)),
+                                         "<= 50 ms", max(lat) <= 50)
+            finally:
+                self.stop_worker(p)
+            self.leftovers()
+
     def log_data(self, job_id):
         """The `data` fields of a job's log stream, read with XRANGE in pages."""
         key = "tworker:job:%s:log" % job_id
@@ -1406,7 +1453,7 @@ class Bench:
 
     def run(self):
         sections = [("throughput", self.throughput), ("checkout", self.checkout),
-                    ("latency", self.latency), ("log", self.log_throughput), ("virtualbox", self.virtualbox), ("lifecycle", self.lifecycle),
+                    ("latency", self.latency), ("queues", self.queues), ("log", self.log_throughput), ("virtualbox", self.virtualbox), ("lifecycle", self.lifecycle),
                     ("master", self.master), ("qemu", self.qemu)]
         wanted = set(self.args.only.split(",")) if self.args.only else None
         t0 = time.monotonic()

@@ -14,7 +14,7 @@ struct Enqueue: AsyncParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
-    @Option(help: "The queue to push onto (default: $QUEUE, else the config's queue).")
+    @Option(help: "The queue to push onto (default: the first queue of $QUEUES, $QUEUE or the config's queue).")
     var queue: String?
 
     @Option(help: "A JSON payload file; '-' reads standard input.")
@@ -64,7 +64,9 @@ struct Enqueue: AsyncParsableCommand {
                 printError("the job is invalid:\n" + error.problems.joined(separator: "\n"))
                 throw ExitCode(65)
             }
-            let queueName = queue ?? config.queue
+            guard let queueName = queue ?? config.queueList.fallback else {
+                throw ValidationError("the configured queue is '*': say which queue with --queue")
+            }
             let keys = RedisKeys(namespace: config.redis.namespace, host: config.host)
             let setup = try await RedisSetup.resolve(config, logger: logger)
             defer { setup.shutdown() }

@@ -9,7 +9,9 @@ struct Work: AsyncParsableCommand {
         Takes jobs off the queue one at a time and runs each on the VM's machine.
         Signals: TERM/INT stop the build and put its job back at the head of the queue; \
         QUIT finishes the current job, then exits.
-        Environment: VM, QUEUE, VERBOSE=true, REDIS_URL work like the flags.
+        Queues are taken in priority order: a job in an earlier queue always goes first; `*` is \
+        every queue in <namespace>:queues, sorted.
+        Environment: VM, QUEUE or QUEUES (a,b), VERBOSE=true, REDIS_URL work like the flags.
         """
     )
 
@@ -18,11 +20,17 @@ struct Work: AsyncParsableCommand {
     @Option(help: "The VM this worker serves, e.g. worker-1 (default: $VM, else worker-1).")
     var vm: String?
 
-    @Option(help: "The queue to take jobs from (default: $QUEUE, else the config's queue).")
+    @Option(help: "The queues to take jobs from, highest priority first: a,b or * (default: $QUEUES, $QUEUE, else the config's queue).")
     var queue: String?
 
     @Flag(help: "Exit once the queue is empty.")
     var burst = false
+
+    func validate() throws {
+        if let queue {
+            do { _ = try QueueList(parsing: queue) } catch { throw ValidationError("--queue '\(queue)': \(error)") }
+        }
+    }
 
     func run() async throws {
         MemoryTuning.apply()

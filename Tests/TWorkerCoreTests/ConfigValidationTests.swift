@@ -51,7 +51,7 @@ extension ConfigTests {
             .init(name: "bad start_type", yaml: "virtualbox:\n  start_type: window\n",
                   expected: "F:2: virtualbox.start_type: invalid value \"window\" (expected one of: headless, gui, sdl, separate)"),
             .init(name: "mapping where a scalar is expected", yaml: "queue:\n  name: builds\n",
-                  expected: "F:1: queue: expected a string, got a mapping"),
+                  expected: "F:1: queue: expected a queue name or a list of queue names, got a mapping"),
             .init(name: "list where a scalar is expected", yaml: "vms:\n  count: [1, 2]\n",
                   expected: "F:2: vms.count: expected an integer, got a list"),
             .init(name: "list where a mapping is expected", yaml: "timeouts:\n  - 10\n",

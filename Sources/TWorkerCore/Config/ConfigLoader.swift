@@ -188,6 +188,15 @@ public struct ConfigLoader: Sendable {
                                               text: "environment: \(name): \(message.text)"))
             }
         }
+        for alias in ConfigSchema.environmentAliases {
+            guard let text = nonEmpty(alias.name), let key = ConfigSchema.keys.first(where: { $0.path == alias.key }) else { continue }
+            switch key.kind.parse(text) {
+            case .success(let value): overrides[key.path] = (value, .environment(alias.name))
+            case .failure(let message):
+                problems.append(ConfigProblem(rank: Self.environmentRank, line: ConfigSchema.keys.count,
+                                              text: "environment: \(alias.name): \(message.text)"))
+            }
+        }
         if let vm, !vm.isEmpty { overrides["vm"] = (.string(vm), .commandLine("--vm")) }
         if let verbose { overrides["verbose"] = (.bool(verbose), .commandLine("--verbose")) }
 
@@ -203,6 +212,7 @@ public struct ConfigLoader: Sendable {
         let context = ConfigKey.Context(currentDirectory: currentDirectory, hostname: hostname ?? currentHostname())
         let (config, origins) = Self.resolve(env: envName, tree: merged, overrides: overrides, context: context)
         let missing = Self.providerRequirements(config, origins: origins) + Self.listenerRequirements(config, origins: origins)
+            + Self.workloadRequirements(config, origins: origins)
         guard missing.isEmpty else { throw ConfigError(problems: missing) }
         return LoadedConfig(config: config, origins: origins, files: files)
     }

@@ -6,14 +6,15 @@ import Yams
 enum ConfigSchema {
     static let keys: [ConfigKey] = [
         .string("env", "development", \.env, file: false),
-        .string("queue", "builds", \.queue, env: "QUEUE"),
+        .queueList("queue", "builds", \.queue, env: "QUEUE"),
+        .stringList("workload", [], \.workload),
         .choice("provider", ProviderKind.local, \.provider),
         .string("host", { _, context in context.hostname }, \.host),
 
         .redisURL("redis.url", "embedded", \.redis.url, env: "REDIS_URL"),
         .string("redis.namespace", "resque", \.redis.namespace, env: "TWORKER_REDIS_NAMESPACE"),
 
-        .int("vms.count", 1, 1...64, \.vms.count),
+        .int("vms.count", { config, _ in config.workload.isEmpty ? 1 : config.workload.count }, 1...64, \.vms.count),
         .string("vms.name_prefix", { config, _ in "tworker-\(config.env)-" }, \.vms.namePrefix, allowEmpty: true),
         .int("vms.memory", 1536, 128...262_144, \.vms.memory),
         .int("vms.cpus", 1, 1...64, \.vms.cpus),
@@ -69,6 +70,9 @@ enum ConfigSchema {
         .optionalString("vm", \.vm, file: false, env: "VM"),
         .bool("verbose", false, \.verbose, file: false, env: "VERBOSE"),
     ]
+
+    /// Environment variables that set a key and beat its own variable (Resque reads `QUEUES` before `QUEUE`).
+    static let environmentAliases: [(name: String, key: String)] = [("QUEUES", "queue")]
 
     /// File keys by dotted path.
     static let fileKeys: [String: ConfigKey] = Dictionary(
@@ -126,9 +130,12 @@ enum ConfigKind: Sendable {
     case stringList
     /// A file that may be unset; relative values are resolved against the current directory.
     case optionalPath
+    /// A queue name, `a,b` or a list of names (`QueueList`), stored as `a,b`.
+    case queueList
 
     /// Checks a value from a file; the message is the part after `key.path: `.
     func convert(_ tree: ConfigTree) -> Result<ConfigValue, ConfigMessage> {
+        if case .queueList = self { return Self.queueListValue(tree) }
         if case .stringList = self {
             guard case .list(let items, _) = tree else {
                 return .failure(ConfigMessage("expected a list of strings, got \(tree.typeDescription)"))
@@ -159,8 +166,8 @@ enum ConfigKind: Sendable {
                 return .failure(ConfigMessage("expected \(expected), got \(tree.typeDescription)"))
             }
             return .success(.bool(value))
-        case .stringList:
-            return .failure(ConfigMessage("expected a list of strings"))
+        case .stringList, .queueList:
+            return .failure(ConfigMessage("expected \(expected)"))
         case .optionalString, .optionalPath:
             return scalar.type == .null ? .success(.null) : checked(.string(scalar.text))
         case .string, .choice, .redisURL, .path:
@@ -188,6 +195,8 @@ enum ConfigKind: Sendable {
             }
         case .string, .optionalString, .optionalPath, .choice, .redisURL, .path:
             return checked(.string(text))
+        case .queueList:
+            return Self.queueListValue(text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) })
         case .stringList:
             // Comma-separated in the environment.
             return .success(.list(text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }))
@@ -235,6 +244,7 @@ enum ConfigKind: Sendable {
         case .string, .optionalString, .optionalPath, .redisURL, .path: "a string"
         case .choice: "a string"
         case .stringList: "a list of strings"
+        case .queueList: "a queue name or a list of queue names"
         }
     }
 }
@@ -276,6 +286,19 @@ struct ConfigKey: Sendable {
                     _ field: WritableKeyPath<WorkerConfig, Int> & Sendable,
                     file: Bool = true, env: String? = nil) -> ConfigKey {
         int(path, value, kind: .int(min: min, max: nil), field, file: file, env: env)
+    }
+
+    static func int(_ path: String, _ value: @escaping @Sendable (WorkerConfig, Context) -> Int, _ range: ClosedRange<Int>,
+                    _ field: WritableKeyPath<WorkerConfig, Int> & Sendable) -> ConfigKey {
+        ConfigKey(path: path, kind: .int(min: range.lowerBound, max: range.upperBound), inFile: true, envVar: nil,
+                  defaultValue: { config, context in .int(value(config, context)) },
+                  set: { config, v in if case .int(let i) = v { config[keyPath: field] = i } },
+                  get: { .int($0[keyPath: field]) })
+    }
+
+    static func queueList(_ path: String, _ value: String, _ field: WritableKeyPath<WorkerConfig, String> & Sendable,
+                          env: String? = nil) -> ConfigKey {
+        stringKey(path, .queueList, { _, _ in value }, field, file: true, env: env)
     }
 
     private static func int(_ path: String, _ value: Int, kind: ConfigKind,

@@ -20,8 +20,10 @@ public enum QEMUAccel: String, Sendable, CaseIterable {
 public struct WorkerConfig: Sendable, Equatable {
     /// Environment name (selects `worker.<env>.yml`).
     public var env: String
-    /// Resque queue the worker pulls jobs from.
+    /// The Resque queues a worker pulls jobs from, highest priority first: `a,b` (see `queueList`).
     public var queue: String
+    /// One queue list (`a,b`) per worker, as Resque::Forker's `workload`; empty: every worker serves `queue`.
+    public var workload: [String] = []
     /// Machine provider.
     public var provider: ProviderKind
     /// This machine's name, used in Redis keys.

@@ -41,6 +41,8 @@ public struct JobStore: Sendable {
     /// The worker (`host:vm`) making the changes, named in every event; empty for the CLI.
     public let worker: String
     public let logger: Logger
+    /// The worker's Resque registration, kept current with each job (nil for the CLI and the reaper).
+    public var resque: ResqueWorkerRegistry?
 
     public init(redis: RedisConnection, keys: RedisKeys, retention: Int, worker: String, logger: Logger) {
         self.redis = redis
@@ -134,10 +136,11 @@ public struct JobStore: Sendable {
     /// `tworker enqueue`: the record says `queued` and the entry joins the queue, together.
     /// Not retried: a lost reply would leave unknown whether the job was queued.
     public func queued(_ raw: [UInt8], id: String, queue: String, at queuedAt: String) async throws {
-        let record = ["HSET", keys.job(id), "state", JobState.queued.rawValue, "queued_at", queuedAt, "attempts", "0"]
+        let record = ["HSET", keys.job(id), "state", JobState.queued.rawValue, "queued_at", queuedAt, "attempts", "0", "queue", queue]
         _ = try await redis.checkedPipeline(bytes: Self.transaction([
             Self.bytes(record), Self.bytes(["EXPIRE", keys.job(id), String(retention)]),
             Self.bytes(["SADD", keys.queues, queue]), [Array("RPUSH".utf8), Array(keys.queue(queue).utf8), raw],
+            Self.bytes(WorkQueue.wakeCommand(keys, queue: queue)),
         ]))
     }
 
@@ -149,7 +152,8 @@ public struct JobStore: Sendable {
                       "received_at": Timestamp.now(), "error": "", "exit_code": "", "finished_at": "", "queue": list.queue]
         if let queuedAt = job.queuedAt { fields["queued_at"] = queuedAt }
         let reset = rerun ? [["DEL", keys.log(id)]] : []
-        try await commit(reset + stateCommands(id: id, state: .received, fields: fields, event: .received, at: Timestamp.now()) + extra,
+        let registry = resque?.workingCommands(on: job, queue: list.queue) ?? []
+        try await commit(reset + stateCommands(id: id, state: .received, fields: fields, event: .received, at: Timestamp.now()) + extra + registry,
                          what: "record job \(id) received")
     }
 
@@ -181,6 +185,7 @@ public struct JobStore: Sendable {
         commands.append(["HINCRBY", keys.worker(vm: list.vm), "jobs_done", "1"])
         // A cancel mark never outlives the run it was meant for (a later rerun of the id runs).
         commands.append(["DEL", keys.cancel(id)])
+        commands += resque?.doneCommands(processed: state != .cancelled) ?? []
         try await list.complete(raw, with: closingLog + (commands + extra).map(Self.bytes))
     }
 
@@ -190,7 +195,8 @@ public struct JobStore: Sendable {
                         reason: RequeueReason? = nil, log: [[[UInt8]]] = [], from list: WorkQueue, alongWith extra: [[String]] = [],
                         at now: String = Timestamp.now()) async throws {
         let record = id.map { stateCommands(id: $0, state: .requeued, fields: fields, event: event, at: now, reason: reason) } ?? []
-        try await list.requeue(raw, as: replacement ?? raw, binary: log + (record + extra).map(Self.bytes))
+        let registry = resque?.doneCommands(processed: false) ?? []
+        try await list.requeue(raw, as: replacement ?? raw, binary: log + (record + extra + registry).map(Self.bytes))
     }
 
     /// Files an entry that cannot run in Resque's failed queue; the job, if it names one, ends `errored`.
@@ -204,7 +210,7 @@ public struct JobStore: Sendable {
         } else {
             [eventCommand(.failed, id: "", state: .errored, at: now)]
         }
-        try await list.fail(raw, failure: failure.json(), with: commands)
+        try await list.fail(raw, failure: failure.json(), with: commands + (resque?.doneCommands(processed: false, failed: true) ?? []))
     }
 
     /// What a dead worker (this store's `worker`) left in its processing `list`: back to the head

@@ -17,6 +17,23 @@ public struct RedisKeys: Sendable {
     public var processedCount: String { "\(namespace):stat:processed" }
     public var failedCount: String { "\(namespace):stat:failed" }
 
+    // MARK: Resque's worker registry (resque-web, pyres), by Resque worker id `host:pid:queues`
+
+    /// Resque's set of registered worker ids.
+    public var resqueWorkers: String { "\(namespace):workers" }
+    /// Resque's JSON of the job worker `id` runs (`{"queue","run_at","payload"}`), only while it runs one.
+    public func resqueWorker(_ id: String) -> String { "\(namespace):worker:\(id)" }
+    public func resqueWorkerStarted(_ id: String) -> String { "\(namespace):worker:\(id):started" }
+    public func processedCount(worker id: String) -> String { "\(namespace):stat:processed:\(id)" }
+    public func failedCount(worker id: String) -> String { "\(namespace):stat:failed:\(id)" }
+    /// Which Resque ids in `<namespace>:workers` are tworker's: id -> `host:vm` (its heartbeat),
+    /// so a dead one is pruned and other programs' workers are left alone.
+    public var resqueRegistry: String { "tworker:resque_workers:\(namespace)" }
+
+    /// A stream every push onto a queue by tworker (`enqueue`, requeues) adds to: idle workers
+    /// wait on it (XREAD) instead of polling, whatever queues they serve.
+    public var queueWake: String { "tworker:wake:\(namespace)" }
+
     public func processing(vm: String) -> String { "tworker:processing:\(host):\(vm)" }
     /// Matches every host's processing lists (`SCAN` by the reaper).
     public static let processingPattern = "tworker:processing:*"

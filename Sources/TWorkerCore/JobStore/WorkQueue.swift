@@ -2,26 +2,31 @@ import Foundation
 import Logging
 import RedisClient
 
-/// One worker's view of the job queue and of its own processing list.
+/// One worker's view of the job queues and of its own processing list.
 ///
-/// A job moves atomically from `<namespace>:queue:<queue>` to
-/// `tworker:processing:<host>:<vm>` (BLMOVE) and leaves the processing list only in the same
-/// transaction that writes its final state, requeues it or files it as failed. A worker
-/// killed at any point therefore leaves its job where the next start (or another host)
-/// finds it.
+/// A job moves atomically from `<namespace>:queue:<queue>` to `tworker:processing:<host>:<vm>`
+/// (LMOVE inside one script, from the first non-empty queue of the worker's list) and leaves
+/// the processing list only in the same transaction that writes its final state, requeues it
+/// or files it as failed. A worker killed at any point therefore leaves its job where the next
+/// start (or another host) finds it.
 public struct WorkQueue: Sendable {
     public let redis: RedisConnection
-    /// A second connection for BLMOVE, so a blocking fetch never delays heartbeats or logs.
+    /// A second connection for the blocking wait, so it never delays heartbeats or logs.
     public let blockingRedis: RedisConnection
     public let keys: RedisKeys
+    /// The queue of the job in hand: where a requeue puts it back.
     public let queue: String
+    /// What `take` serves, highest priority first.
+    public let queues: QueueList
     public let vm: String
     public let logger: Logger
 
-    public init(redis: RedisConnection, blockingRedis: RedisConnection, keys: RedisKeys, queue: String, vm: String, logger: Logger) {
+    public init(redis: RedisConnection, blockingRedis: RedisConnection, keys: RedisKeys, queue: String, queues: QueueList? = nil,
+                vm: String, logger: Logger) {
         self.redis = redis
         self.blockingRedis = blockingRedis
         self.keys = keys
+        self.queues = queues ?? QueueList(unchecked: queue)
         self.queue = queue
         self.vm = vm
         self.logger = logger
@@ -30,18 +35,100 @@ public struct WorkQueue: Sendable {
     public var queueKey: String { keys.queue(queue) }
     public var processingKey: String { keys.processing(vm: vm) }
 
-    /// Takes the next job into the processing list; nil when the queue stayed empty.
-    /// `block` nil means do not wait at all (burst mode).
-    public func fetch(block: Duration?) async throws -> [UInt8]? {
-        let reply: RedisReply
-        if let block {
-            let seconds = String(format: "%.3f", Double(block.components.seconds) + Double(block.components.attoseconds) / 1e18)
-            reply = try await blockingRedis.sendBlocking(["BLMOVE", queueKey, processingKey, "LEFT", "RIGHT", seconds], blockTimeout: block)
-        } else {
-            reply = try await blockingRedis.send(["LMOVE", queueKey, processingKey, "LEFT", "RIGHT"])
+    /// The same lists, holding a job that came from `queue`.
+    public func holding(from queue: String) -> WorkQueue {
+        WorkQueue(redis: redis, blockingRedis: blockingRedis, keys: keys, queue: queue, queues: queues, vm: vm, logger: logger)
+    }
+
+    // MARK: - Taking a job
+
+    /// A job taken into the processing list, and the queue it came from.
+    public struct Taken: Sendable, Equatable {
+        public var queue: String
+        public var raw: [UInt8]
+    }
+
+    /// How long one wait for a wake-up lasts before the queues are looked at again: a push by
+    /// a Resque client (pyres, `RPUSH` by hand) adds nothing to the wake stream, so this bounds
+    /// how late it is seen. See README "Queue lists" for what it costs an idle worker.
+    public static let pollInterval: Duration = .milliseconds(40)
+
+    /// The fetch: LMOVE from the first non-empty queue in priority order (`*` expands to every
+    /// queue in `<ns>:queues`, sorted) into the processing list, all in one step, so priority is
+    /// strict and a SIGKILL finds the job either in its queue or in the processing list. The
+    /// job's record notes the queue (a requeue after a crash puts it back there). When every
+    /// queue is empty it returns the wake stream's last id instead: a push after this script
+    /// adds an entry after that id, so the wait that follows cannot miss it.
+    static let takeScript = """
+    local seen = {}
+    local function take(name)
+      if seen[name] then return nil end
+      seen[name] = true
+      local raw = redis.call('LMOVE', ARGV[1] .. name, KEYS[1], 'LEFT', 'RIGHT')
+      if not raw then return nil end
+      local ok, job = pcall(cjson.decode, raw)
+      if ok and type(job) == 'table' and type(job.args) == 'table' and type(job.args[1]) == 'table' then
+        local id = job.args[1].id
+        if type(id) == 'number' and id == math.floor(id) then id = string.format('%d', id) end
+        if type(id) == 'string' and #id > 0 and #id <= 128 and not string.find(id, '%s') then
+          -- A note only: refused (ACL, OOM), it must not fail a move that already happened.
+          redis.pcall('HSET', ARGV[2] .. id, 'queue', name)
+          redis.pcall('EXPIRE', ARGV[2] .. id, ARGV[3])
+        end
+      end
+      return {'job', name, raw}
+    end
+    for i = 4, #ARGV do
+      if ARGV[i] == '*' then
+        local all = redis.call('SMEMBERS', KEYS[2])
+        table.sort(all)
+        for _, name in ipairs(all) do
+          local taken = take(name)
+          if taken then return taken end
+        end
+      else
+        local taken = take(ARGV[i])
+        if taken then return taken end
+      end
+    end
+    local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+    if last[1] then return {'empty', last[1][1]} end
+    return {'empty', '0-0'}
+    """
+
+    /// Takes the next job into the processing list; nil when every queue stayed empty for
+    /// `block` (nil: do not wait at all, burst mode).
+    public func take(block: Duration?, retention: Int = 604_800) async throws -> Taken? {
+        let command = ["EVAL", Self.takeScript, "3", processingKey, keys.queues, keys.queueWake,
+                       keys.queue(""), keys.job(""), String(retention)] + queues.names
+        let deadline = block.map { ContinuousClock.now + $0 }
+        while true {
+            let reply = try await blockingRedis.send(command)
+            let parts = reply.array ?? []
+            if parts.count == 3, parts[0].string == "job", let queue = parts[1].string, case .bulk(let raw) = parts[2] {
+                return Taken(queue: queue, raw: raw)
+            }
+            guard parts.count == 2, parts[0].string == "empty", let last = parts[1].string else {
+                throw RedisError.server("unexpected reply to taking a job: \(reply)")
+            }
+            guard let deadline else { return nil }
+            let left = deadline - ContinuousClock.now
+            if left <= .zero { return nil }
+            let wait = min(left, Self.pollInterval)
+            let milliseconds = max(1, Int(wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000))
+            _ = try await blockingRedis.sendBlocking(["XREAD", "COUNT", "1", "BLOCK", String(milliseconds), "STREAMS", keys.queueWake, last],
+                                                     blockTimeout: wait)
         }
-        if case .bulk(let bytes) = reply { return bytes }
-        return nil
+    }
+
+    /// `take` without the queue.
+    public func fetch(block: Duration?) async throws -> [UInt8]? {
+        try await take(block: block)?.raw
+    }
+
+    /// The command that wakes idle workers after a push onto `queue`; goes with the push.
+    public static func wakeCommand(_ keys: RedisKeys, queue: String) -> [String] {
+        ["XADD", keys.queueWake, "MAXLEN", "~", "100", "*", "queue", queue]
     }
 
     /// What the processing list holds: jobs this worker took but never finished.
@@ -68,7 +155,8 @@ public struct WorkQueue: Sendable {
 
     /// The same with binary-safe commands (log entries).
     public func requeue(_ raw: [UInt8], as replacement: [UInt8], binary commands: [[[UInt8]]]) async throws {
-        try await commitRemoving(raw, commands: [[Array("LPUSH".utf8), Array(queueKey.utf8), replacement]] + commands)
+        try await commitRemoving(raw, commands: [[Array("LPUSH".utf8), Array(queueKey.utf8), replacement],
+                                                 JobStore.bytes(Self.wakeCommand(keys, queue: queue))] + commands)
     }
 
     /// Files a job that cannot run in Resque's failed queue.

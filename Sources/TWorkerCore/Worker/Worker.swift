@@ -61,12 +61,20 @@ public final class Worker: Sendable {
         }
 
         public var worker: String { "\(host):\(vm)" }
+        /// `queue` (`a,b`, `*`) as the list the worker serves, highest priority first.
+        public var queueList: QueueList { (try? QueueList(parsing: queue)) ?? QueueList(unchecked: queue) }
     }
 
     let settings: Settings
     let machine: any Machine
     let redis: RedisConnection
-    let queue: WorkQueue
+    /// Every queue the worker serves and its processing list.
+    let queues: WorkQueue
+    /// The same, holding the job in hand: a requeue puts it back on the queue it came from.
+    var queue: WorkQueue { queues.holding(from: jobQueue.withLock { $0 } ?? queues.queue) }
+    /// The queue the job in hand came from.
+    private let jobQueue = Mutex<String?>(nil)
+    let resque: ResqueWorkerRegistry
     let store: JobStore
     let attempts: AttemptPolicy
     let heartbeat: Heartbeat
@@ -90,8 +98,13 @@ public final class Worker: Sendable {
         self.logger = logger
         control = Mutex(Control(state: WorkerControlState(maxConsecutiveFailures: settings.maxConsecutiveFailures)))
         keys = RedisKeys(namespace: settings.namespace, host: settings.host)
-        queue = WorkQueue(redis: redis, blockingRedis: blockingRedis, keys: keys, queue: settings.queue, vm: settings.vm, logger: logger)
-        store = JobStore(redis: redis, keys: keys, retention: settings.retention, worker: settings.worker, logger: logger)
+        let queueList = settings.queueList
+        queues = WorkQueue(redis: redis, blockingRedis: blockingRedis, keys: keys, queue: queueList.fallback ?? settings.queue,
+                           queues: queueList, vm: settings.vm, logger: logger)
+        resque = ResqueWorkerRegistry(keys: keys, vm: settings.vm, queues: queueList)
+        var store = JobStore(redis: redis, keys: keys, retention: settings.retention, worker: settings.worker, logger: logger)
+        store.resque = resque
+        self.store = store
         attempts = AttemptPolicy(maxAttempts: settings.maxAttempts)
         heartbeat = Heartbeat(redis: redis, keys: keys, vm: settings.vm, interval: settings.heartbeatInterval,
                               queue: settings.queue, logger: logger)
@@ -163,8 +176,9 @@ public final class Worker: Sendable {
             await WorkerObservations.run(vm: settings.vm, redis: redis, keys: keys, logger: logger)
         }
         defer { observations.cancel() }
-        logger.info("worker ready", metadata: ["vm": "\(settings.vm)", "queue": "\(queue.queueKey)", "host": "\(settings.host)"])
+        logger.info("worker ready", metadata: ["vm": "\(settings.vm)", "queues": "\(queues.queues)", "host": "\(settings.host)"])
         await heartbeat.update(.idle)
+        await registerWithResque()
         while stopRequest == .none {
             do {
                 if try await serveOnce() == .stop { break }
@@ -175,7 +189,19 @@ public final class Worker: Sendable {
             }
         }
         await heartbeat.update(.stopping)
+        _ = try? await redis.pipeline(resque.unregisterCommands())
         await heartbeat.stop()
+    }
+
+    /// Prunes dead workers as Resque's `startup` does, then registers this one (its heartbeat is
+    /// written). Best effort: it never holds up taking jobs, and each job's start registers again.
+    private func registerWithResque() async {
+        do {
+            try await ResqueWorkerRegistry.prune(redis: redis, namespace: settings.namespace, logger: logger)
+            _ = try await redis.checkedPipeline(bytes: JobStore.transaction(resque.registerCommands().map(JobStore.bytes)))
+        } catch {
+            logger.warning("could not register with Resque's worker list; the next job registers again", metadata: ["error": "\(error)"])
+        }
     }
 
     private enum LoopStep { case next, stop }
@@ -200,9 +226,9 @@ public final class Worker: Sendable {
                 try? await Task.sleep(for: settings.fetchBlock)
                 return .next
             }
-            let raw: [UInt8]?
+            let taken: WorkQueue.Taken?
             do {
-                raw = try await queue.fetch(block: settings.burst ? nil : settings.fetchBlock)
+                taken = try await queues.take(block: settings.burst ? nil : settings.fetchBlock, retention: settings.retention)
             } catch {
                 // The move may have happened with its reply lost: the processing list tells.
                 logger.warning("taking a job failed; checking \(queue.processingKey)", metadata: ["error": "\(error)"])
@@ -211,7 +237,9 @@ public final class Worker: Sendable {
                 try? await Task.sleep(for: .milliseconds(100))
                 return .next
             }
-            guard let raw else { return settings.burst ? .stop : .next }
+            guard let taken else { return settings.burst ? .stop : .next }
+            let raw = taken.raw
+            jobQueue.withLock { $0 = taken.queue }
             if stopRequest == .immediate {
                 _ = await putBack(raw, reason: "The worker is stopping; the job was put back at the head of the queue.")
                 return .stop
@@ -315,7 +343,10 @@ public final class Worker: Sendable {
         // The same lock another host's master takes to reap this list: one requeue, never two.
         let lock = try await ProcessingLock.wait(redis: redis, keys: keys, vm: settings.vm, logger: logger)
         defer { lock?.release() }
+        defer { jobQueue.withLock { $0 = nil } }
         for raw in try await queue.unfinished().reversed() {
+            jobQueue.withLock { $0 = nil }
+            if let recorded = try await recordedQueue(of: raw) { jobQueue.withLock { $0 = recorded } }
             switch JobDecoder.decode(raw) {
             case .failure(let error):
                 guard await persistently("file a malformed job", holding: raw, { try await fileAsFailed(raw, error: error) }) else { return }
@@ -348,12 +379,21 @@ public final class Worker: Sendable {
     /// in its processing list (the next start recovers it).
     @discardableResult
     func process(_ raw: [UInt8]) async -> Bool {
+        if jobQueue.withLock({ $0 }) == nil, let recorded = try? await recordedQueue(of: raw) { jobQueue.withLock { $0 = recorded } }
+        defer { jobQueue.withLock { $0 = nil } }
         switch JobDecoder.decode(raw) {
         case .failure(let error):
             return await persistently("file a malformed job", holding: raw) { try await fileAsFailed(raw, error: error) }
         case .success(let job):
             return await run(job, raw: raw)
         }
+    }
+
+    /// The queue job `raw` came from, as its record says (the fetch notes it); nil when unknown.
+    private func recordedQueue(of raw: [UInt8]) async throws -> String? {
+        guard case .success(let job) = JobDecoder.decode(raw) else { return nil }
+        let recorded = try await redis.send(["HGET", keys.job(job.payload.id), "queue"]).string
+        return recorded.flatMap { $0.isEmpty ? nil : $0 }
     }
 
     /// Retries `write` after any error, with capped backoff, until it succeeds, the worker is
@@ -583,7 +623,8 @@ public final class Worker: Sendable {
         for (member, record) in zip(members, records) {
             let fields = record.array?.map(\.string) ?? []
             guard fields.count == 2, let state = fields[0].flatMap(WorkerState.init(rawValue:)) else { continue }
-            if [.idle, .busy].contains(state), fields[1] == settings.queue { return member }
+            let serves = fields[1].flatMap { try? QueueList(parsing: $0) }?.serves(queue.queue) ?? false
+            if [.idle, .busy].contains(state), serves { return member }
         }
         return nil
     }

@@ -47,11 +47,13 @@ public actor Master {
 
     /// One pass of `ProcessingReaper` over every host's processing lists.
     public static let processingReaper: @Sendable (WorkerConfig, RedisConnection, Logger) async -> Void = { config, redis, logger in
-        let reaper = ProcessingReaper(redis: redis, namespace: config.redis.namespace, defaultQueue: config.queue,
+        let reaper = ProcessingReaper(redis: redis, namespace: config.redis.namespace, defaultQueue: config.queueList.fallback ?? "builds",
                                       maxAttempts: config.limits.maxAttempts, retention: config.reporting.retention, logger: logger)
         do {
             let handled = try await reaper.reap()
             if handled > 0 { logger.info("reaper: recovered \(handled) job(s) of dead workers") }
+            // Resque's registry, pruned of dead workers once their heartbeat is gone.
+            try await ResqueWorkerRegistry.prune(redis: redis, namespace: config.redis.namespace, logger: logger)
         } catch {
             logger.debug("reaper pass failed", metadata: ["error": "\(error)"])
         }
@@ -193,8 +195,10 @@ public actor Master {
 
     /// Asks `run()` to start `worker-N` in its task group; its start and exit come back as events.
     private func launch(_ number: Int, generation: Int, paused: Bool) {
+        // A `workload` entry is worker N's queue list; a worker beyond the workload serves `queue`.
+        let queues = config.workload.isEmpty ? nil : config.queueList(forWorker: number).description
         let launch = WorkerLaunch(executable: setup.executable, number: number, arguments: setup.arguments,
-                                  account: account, paused: paused, pinnedEnvironment: setup.pinnedEnvironment)
+                                  account: account, paused: paused, pinnedEnvironment: setup.pinnedEnvironment, queues: queues)
         inputSink.yield(.launch(launch, generation: generation))
     }
 

@@ -17,12 +17,17 @@ struct WorkerLaunch: Sendable {
     /// The pool is paused: the child starts paused.
     var paused: Bool
     var pinnedEnvironment: [String: String]
+    /// Its `workload` entry (`a,b`), passed as `--queue`; nil: the config's `queue`.
+    var queues: String? = nil
 
     var vm: String { "worker-\(number)" }
 
+    /// The child's arguments after the executable.
+    var commandLine: [String] { ["work"] + arguments + ["--vm", vm] + (queues.map { ["--queue", $0] } ?? []) }
+
     /// Runs the child to its end, calling `started` with its pid; returns how it ended, as the log says it.
     func run(logger: Logger, started: @escaping @Sendable (pid_t) -> Void) async -> String {
-        let arguments = ["work"] + arguments + ["--vm", vm]
+        let arguments = commandLine
         var options = PlatformOptions()
         // Its own session: a Ctrl-C or a supervisor's signal to the master's group reaches the
         // master only, which forwards what it means.

@@ -1,0 +1,76 @@
+import Foundation
+import Logging
+import RedisClient
+import Testing
+@testable import TWorkerCore
+import TWorkerTestSupport
+
+/// The multi-queue fetch against a real redis-server: exact priority order, `*`, the record's
+/// queue, requeues onto the job's own queue, and the wake-up of an idle wait.
+@Suite(.tags(.redis)) struct QueueFetchTests {
+    func withQueues(_ list: String, _ body: (WorkQueue, RedisConnection) async throws -> Void) async throws {
+        try await withRedisServer { server in
+            let redis = RedisConnection(endpoint: server.endpoint)
+            let blocking = RedisConnection(endpoint: server.endpoint)
+            defer { redis.close(); blocking.close() }
+            let queues = try QueueList(parsing: list)
+            let queue = WorkQueue(redis: redis, blockingRedis: blocking, keys: RedisKeys(namespace: "ns", host: "h"),
+                                  queue: queues.fallback ?? "x", queues: queues, vm: "w", logger: Logger(label: "t"))
+            try await body(queue, redis)
+        }
+    }
+
+    func job(_ id: String) -> String { #"{"class":"B","args":[{"id":"\#(id)"}]}"# }
+
+    @Test func takesStrictlyByPriorityWhateverWasPushedFirst() async throws {
+        try await withQueues("high,mid,low") { queue, redis in
+            for (name, ids) in [("low", ["l1", "l2"]), ("mid", ["m1"]), ("high", ["h1", "h2"])] {
+                for id in ids { _ = try await redis.send(["RPUSH", "ns:queue:\(name)", job(id)]) }
+            }
+            var order: [String] = []
+            while let taken = try await queue.take(block: nil) {
+                order.append(taken.queue)
+                #expect(try await redis.send(["HGET", "tworker:job:" + String(decoding: taken.raw, as: UTF8.self).split(separator: "\"")[9], "queue"]).string == taken.queue)
+            }
+            #expect(order == ["high", "high", "mid", "low", "low"])
+            #expect(try await queue.unfinished().count == 5, "every job taken sits in the processing list")
+        }
+    }
+
+    @Test func starIsEveryKnownQueueSortedAfterTheNamedOnes() async throws {
+        try await withQueues("urgent,*") { queue, redis in
+            for name in ["zeta", "alpha", "urgent"] {
+                _ = try await redis.pipeline([["SADD", "ns:queues", name], ["RPUSH", "ns:queue:\(name)", job(name)]])
+            }
+            var order: [String] = []
+            while let taken = try await queue.take(block: nil) { order.append(taken.queue) }
+            #expect(order == ["urgent", "alpha", "zeta"])
+        }
+    }
+
+    @Test func aRequeuedJobGoesBackToItsOwnQueueAndWakesAnIdleWorker() async throws {
+        try await withQueues("a,b") { queue, redis in
+            _ = try await redis.send(["RPUSH", "ns:queue:b", job("j")])
+            let taken = try #require(try await queue.take(block: nil))
+            #expect(taken.queue == "b")
+            let waiting = Task { try await queue.take(block: .seconds(5)) }
+            try await Task.sleep(for: .milliseconds(200))
+            let started = ContinuousClock.now
+            try await queue.holding(from: taken.queue).requeue(taken.raw, as: taken.raw, with: [])
+            let again = try #require(try await waiting.value)
+            #expect(again.queue == "b")
+            #expect(ContinuousClock.now - started < .milliseconds(500))
+            #expect(try await redis.send(["XLEN", "tworker:wake:ns"]).int == 1)
+        }
+    }
+
+    @Test func aPlainRpushOnAnyQueueIsSeenByABlockingTake() async throws {
+        try await withQueues("a,b,c,d,e") { queue, redis in
+            let waiting = Task { try await queue.take(block: .seconds(5)) }
+            try await Task.sleep(for: .milliseconds(300))
+            _ = try await redis.send(["RPUSH", "ns:queue:e", job("late")])
+            #expect(try await waiting.value?.queue == "e")
+            #expect(try await queue.take(block: .milliseconds(100)) == nil)
+        }
+    }
+}
