@@ -287,7 +287,8 @@ struct QEMUProviderEndToEndTests {
             let cli = ["--env", "test", "--config-dir", host.configDir]
 
             // Two workers, each making its sandbox on vms.base_image at its first job (the two VMs boot at once).
-            let workers = try (1...2).map { number in try host.makeWorker(vm: "worker-\(number)") }
+            // Each also serves a queue of its own first, so the marker jobs below reach one worker each.
+            let workers = try (1...2).map { number in try host.makeWorker(vm: "worker-\(number)") { $0.queue = "marker-\(number),builds" } }
             let running = workers.map { worker in Task { try await worker.run() } }
             defer { for worker in workers { worker.requestStop(.immediate) } }
             let warmup = [try await host.push(script: ["sleep 1"]), try await host.push(script: ["sleep 1"])]
@@ -379,8 +380,8 @@ struct QEMUProviderEndToEndTests {
 
             // The next job on each worker sees what the script wrote, written once.
             let markers = [
-                try await host.push(script: ["sleep 1", "mkdir -p /mnt", "mount -o ro /dev/vda /mnt", "cat /mnt/provision-runs"]),
-                try await host.push(script: ["sleep 1", "mkdir -p /mnt", "mount -o ro /dev/vda /mnt", "cat /mnt/provision-runs"]),
+                try await host.push(script: ["mkdir -p /mnt", "mount -o ro /dev/vda /mnt", "cat /mnt/provision-runs"], queue: "marker-1"),
+                try await host.push(script: ["mkdir -p /mnt", "mount -o ro /dev/vda /mnt", "cat /mnt/provision-runs"], queue: "marker-2"),
             ]
             let ran = try await eventually(timeout: .seconds(120)) {
                 var done = 0
