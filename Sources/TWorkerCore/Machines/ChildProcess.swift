@@ -40,18 +40,26 @@ public enum ChildProcess {
     /// Runs `command` with stdout and stderr merged into `output`, or, when `errorOutput` is
     /// given, with stderr delivered there separately (ssh reports its own failures on it).
     /// `started` learns the pid (= process group) of the build as soon as it is spawned.
+    /// A script written to a program that exits before reading it all (ssh refused, a session
+    /// that stops at its first line) must fail the write, not kill tworker with SIGPIPE from
+    /// whichever thread writes. Ignoring it here reaches no child: Subprocess resets every
+    /// signal's disposition before exec.
+    private static let brokenPipesIgnored: Void = { signal(SIGPIPE, SIG_IGN) }()
+
     public static func run(_ command: BuildCommand, output: @escaping @Sendable ([UInt8]) async -> Void,
                            errorOutput: (@Sendable ([UInt8]) async -> Void)? = nil,
                            started: (@Sendable (pid_t) -> Void)? = nil) async throws -> BuildExit {
+        _ = brokenPipesIgnored
         let outputPipe = try Pipe.make()
         let errorPipe = try errorOutput.map { _ in try Pipe.make() }
         let outputReader = PipeReader(fd: outputPipe.read)
         let errorReader = errorPipe.map { PipeReader(fd: $0.read) }
         let processGroup = Mutex<pid_t?>(nil)
 
+        let inputPipe = try command.standardInput.map { _ in try Pipe.makeForInput() }
         var options = PlatformOptions()
         options.createSession = true
-        let spawn = Spawn(command: command, options: options, outputFD: outputPipe.write, errorFD: errorPipe?.write)
+        let spawn = Spawn(command: command, options: options, outputFD: outputPipe.write, errorFD: errorPipe?.write, inputFD: inputPipe?.read)
 
         @Sendable func killGroup() {
             if let pid = processGroup.withLock({ $0 }) { kill(-pid, SIGKILL) }
@@ -69,6 +77,7 @@ public enum ChildProcess {
                 status = try await spawn.run { pid in
                     processGroup.withLock { $0 = pid }
                     ProgramGroups.insert(pid)
+                    if let inputPipe, let text = command.standardInput { feed(Array(text.utf8), to: inputPipe.write) }
                     started?(pid)
                     // Cancellation may have arrived before the pid was known.
                     if Task.isCancelled { kill(-pid, SIGKILL) }
@@ -78,6 +87,7 @@ public enum ChildProcess {
                 if processGroup.withLock({ $0 }) == nil {
                     close(outputPipe.write)
                     if let errorPipe { close(errorPipe.write) }
+                    if let inputPipe { close(inputPipe.read); close(inputPipe.write) }
                 }
                 killGroup()
                 _ = await (drainedOutput, drainedErrors)
@@ -107,6 +117,35 @@ public enum ChildProcess {
             _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
             return Pipe(read: fds[0], write: fds[1])
         }
+
+        /// A pipe to feed a child's stdin: our write end is close-on-exec, so no other child
+        /// holds it open and the reader sees end of file when we are done.
+        static func makeForInput() throws -> Pipe {
+            var fds: [Int32] = [0, 0]
+            guard pipe(&fds) == 0 else { throw InfrastructureError("pipe() failed: errno \(errno)") }
+            _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
+            return Pipe(read: fds[0], write: fds[1])
+        }
+    }
+
+    /// Writes `bytes` to `fd` on a thread of its own (a script larger than the pipe's buffer
+    /// waits for the child to read), then closes it. A child that exits without reading it all
+    /// ends the write with EPIPE (SIGPIPE is ignored): what it did not read is simply dropped.
+    static func feed(_ bytes: [UInt8], to fd: Int32) {
+        Thread.detachNewThread {
+            var offset = 0
+            bytes.withUnsafeBytes { buffer in
+                while offset < buffer.count {
+                    let written = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
+                    if written < 0 {
+                        if errno == EINTR { continue }
+                        break
+                    }
+                    offset += written
+                }
+            }
+            close(fd)
+        }
     }
 
     /// The Subprocess call, spelled out per input and error choice (their types are generic).
@@ -115,6 +154,8 @@ public enum ChildProcess {
         var options: PlatformOptions
         var outputFD: Int32
         var errorFD: Int32?
+        /// The read end of the script's pipe, given to the child as its stdin.
+        var inputFD: Int32?
 
         func run(started: @escaping @Sendable (pid_t) -> Void) async throws -> TerminationStatus {
             let executable = Executable.path(FilePath(command.executable))
@@ -125,15 +166,16 @@ public enum ChildProcess {
             let directory = command.workingDirectory.map { FilePath($0) }
             let output = FileDescriptorOutput.fileDescriptor(FileDescriptor(rawValue: outputFD), closeAfterSpawningProcess: true)
             let errorOutput = errorFD.map { FileDescriptorOutput.fileDescriptor(FileDescriptor(rawValue: $0), closeAfterSpawningProcess: true) }
-            switch (command.standardInput, errorOutput) {
+            let input = inputFD.map { FileDescriptorInput.fileDescriptor(FileDescriptor(rawValue: $0), closeAfterSpawningProcess: true) }
+            switch (input, errorOutput) {
             case (nil, nil):
                 return try await Subprocess.run(executable, arguments: arguments, environment: environment, workingDirectory: directory,
                                                 platformOptions: options, input: .none, output: output, error: .combinedWithOutput) {
                     started($0.processIdentifier.value)
                 }.terminationStatus
-            case (let text?, nil):
+            case (let stdin?, nil):
                 return try await Subprocess.run(executable, arguments: arguments, environment: environment, workingDirectory: directory,
-                                                platformOptions: options, input: .string(text), output: output, error: .combinedWithOutput) {
+                                                platformOptions: options, input: stdin, output: output, error: .combinedWithOutput) {
                     started($0.processIdentifier.value)
                 }.terminationStatus
             case (nil, let errors?):
@@ -141,9 +183,9 @@ public enum ChildProcess {
                                                 platformOptions: options, input: .none, output: output, error: errors) {
                     started($0.processIdentifier.value)
                 }.terminationStatus
-            case (let text?, let errors?):
+            case (let stdin?, let errors?):
                 return try await Subprocess.run(executable, arguments: arguments, environment: environment, workingDirectory: directory,
-                                                platformOptions: options, input: .string(text), output: output, error: errors) {
+                                                platformOptions: options, input: stdin, output: output, error: errors) {
                     started($0.processIdentifier.value)
                 }.terminationStatus
             }
