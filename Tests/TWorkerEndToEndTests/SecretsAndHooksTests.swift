@@ -27,14 +27,15 @@ struct SecretsAndHooksTests {
 
     @Test func noSecretReachesTheLogInAnyForm() async throws {
         try await TestHost.with { host in
-            try writeSecrets(host, "# the host's own\nHOST_DEPLOY=host-deploy-secret-1\n")
+            try writeSecrets(host, "# the host's own\nHOST_DEPLOY=host/deploy secret+1\n")
             let secure = "payload-secure-value"
             let redacted = "ghp_redactedByName42"
             let script = [
                 "echo raw: $PAYLOAD_SECURE $GITHUB_TOKEN $HOST_DEPLOY",
                 "printf 'split: payload-sec'; sleep 0.4; printf 'ure-value and ghp_red'; sleep 0.3; echo 'actedByName42'",
                 "echo b64: $(printf '%s' \"$PAYLOAD_SECURE\" | base64) $(printf 'x:%s' \"$HOST_DEPLOY\" | base64)",
-                "echo url: https://u:$(printf '%s' 'payload-secure-value' | sed 's/-/%2D/g')@h/ ok",
+                "echo url: https://u:$(printf '%s' \"$HOST_DEPLOY\" | sed 's#/#%2F#g; s/ /%20/g; s/+/%2B/g')@h/ ok",
+                "echo form: $(printf '%s' \"$HOST_DEPLOY\" | sed 's#/#%2f#g; s/ /+/g; s/+1$/%2b1/')",
                 "echo literal ghp_redactedByName42 in a command",
                 "echo plain: $PLAIN_VALUE",
             ]
@@ -49,7 +50,8 @@ struct SecretsAndHooksTests {
             #expect(try await host.record(id)["state"] == "passed")
             let log = try await host.log(id)
             let text = log.text
-            for secret in [secure, redacted, "host-deploy-secret-1", "cGF5bG9hZC1zZWN1cmUtdmFsdWU", "payload%2Dsecure%2Dvalue"] {
+            for secret in [secure, redacted, "host/deploy secret+1", "cGF5bG9hZC1zZWN1cmUtdmFsdWU", "host%2Fdeploy%20secret%2B1",
+                           "host%2fdeploy+secret%2b1"] {
                 #expect(!text.contains(secret), "\(secret) in:\n\(text)")
             }
             #expect(text.contains("$ export PAYLOAD_SECURE=[secure]"))
@@ -60,6 +62,7 @@ struct SecretsAndHooksTests {
             #expect(text.contains("$ echo literal [secure] in a command\nliteral [secure] in a command\n"))
             #expect(text.contains("plain: visible-value"))
             #expect(text.contains("url: https://u:[secure]@h/ ok"))
+            #expect(text.contains("form: [secure]\n"))
 
             // Every entry says when it was written, and the stages that ran are on the record.
             #expect(log.entries.allSatisfy { Int64($0["at"] ?? "") ?? 0 > 1_700_000_000_000 })
