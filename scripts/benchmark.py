@@ -6,6 +6,8 @@ Sections, each printed with its goal and PASS/MISS:
   2. checkout         50 jobs cloning a local git repo, beside a plain bash loop doing the same (best of --rounds)
   3. latency          200 jobs enqueued ~20 ms apart to a running worker: queued_at -> started_at
   4. log              one job printing 64 MiB: MiB/s, log stream size, peak and idle RSS
+  4b. log-secrets     the same job with 6 secrets (secure, redacted by name, secrets.env), each line
+                      printing one of them: MiB/s and that no secret reached the stream
   7. master           `tworker start` with vms.count 8: start -> all idle in Redis, total RSS of master + workers
   8. qemu             provider: qemu with the test guest (boxes/qemu/build-test-image): `tworker vms import`
                       of 2 workers (boot-to-SSH per VM); one worker, jobs one at a time to a VM restored and
@@ -741,11 +743,23 @@ class Bench:
             if len(page) < 1000:
                 return chunks
 
-    def log_throughput(self):
+    def log_throughput_with_secrets(self):
+        self.log_throughput(secrets=True)
+
+    def log_throughput(self, secrets=False):
         size = self.args.log_mib * MiB
-        section = "4 log"
-        print("\n== 4. Log throughput: one job printing %d MiB (128-byte lines) ==" % self.args.log_mib, flush=True)
+        section = "4b log-secrets" if secrets else "4 log"
+        print("\n== %s. Log throughput: one job printing %d MiB (128-byte lines)%s ==" % (
+            section.split()[0], self.args.log_mib, ", each with a secret to mask" if secrets else ""), flush=True)
         line = ("0123456789abcdef" * 8)[:127]
+        env = []
+        secret_values = []
+        if secrets:
+            secret_values = ["bench-secure-value-%d" % i for i in range(4)] + ["ghp_benchTokenByName", "host-secret-from-file"]
+            env = [{"name": "SECURE_%d" % i, "value": secret_values[i], "secure": True} for i in range(4)]
+            env.append("GITHUB_TOKEN=%s" % secret_values[4])
+            # A line of 127 bytes, 20 of them a secret, masked to 8 ([secure]).
+            line = ("key=" + secret_values[0] + " " + "0123456789abcdef" * 8)[:127]
         build_cmd = "yes %s | head -c %d" % (line, size)
 
         # The command alone, to /dev/null.
@@ -754,9 +768,14 @@ class Bench:
         alone = time.monotonic() - t0
 
         self.reset()
-        cdir = self.write_config("log", log_length=128 * MiB, log_silence=86400)
+        cdir = self.write_config("log-secrets" if secrets else "log", log_length=128 * MiB, log_silence=86400)
+        if secrets:
+            path = os.path.join(cdir, "secrets.env")
+            with open(path, "w") as f:
+                f.write("HOST_SECRET=%s\n" % secret_values[5])
+            os.chmod(path, 0o600)
         p = self.spawn_worker(cdir, burst=False)
-        job = "log-0001"
+        job = "log-secrets-0001" if secrets else "log-0001"
         try:
             self.wait_ready(p)
             time.sleep(0.5)
@@ -764,7 +783,10 @@ class Bench:
             idle_hwm = proc_status(p.pid, "VmHWM")
             idle_anon = proc_status(p.pid, "RssAnon")
             idle_file = proc_status(p.pid, "RssFile")
-            self.enqueue_all([{"id": job, "config": {"script": [build_cmd]}}])
+            config = {"script": [build_cmd]}
+            if env:
+                config["env"] = env
+            self.enqueue_all([{"id": job, "config": config}])
             done = self.wait_final([job], timeout=self.args.log_timeout, worker=p)
             peak = proc_status(p.pid, "VmHWM")
             after_anon = proc_status(p.pid, "RssAnon")
@@ -780,7 +802,11 @@ class Bench:
         st, fin = parse_iso(rec.get("started_at")), parse_iso(rec.get("finished_at"))
         chunks = self.log_data(job)
         data = b"".join(chunks)
-        payload_lines = data.count((line + "\n").encode())
+        shown_line = line.replace(secret_values[0], "[secure]") if secrets else line
+        payload_lines = data.count((shown_line + "\n").encode())
+        if secrets:
+            leaked = [v for v in secret_values if v.encode() in data]
+            self.results.add(section, "secrets in the log stream", ", ".join(leaked) or "none", "none", not leaked)
         expected_lines = size // 128
         logged = len(data)
         if st is not None and fin is not None and fin > st:
@@ -1453,7 +1479,8 @@ class Bench:
 
     def run(self):
         sections = [("throughput", self.throughput), ("checkout", self.checkout),
-                    ("latency", self.latency), ("queues", self.queues), ("log", self.log_throughput), ("virtualbox", self.virtualbox), ("lifecycle", self.lifecycle),
+                    ("latency", self.latency), ("queues", self.queues), ("log", self.log_throughput),
+                    ("log-secrets", self.log_throughput_with_secrets), ("virtualbox", self.virtualbox), ("lifecycle", self.lifecycle),
                     ("master", self.master), ("qemu", self.qemu)]
         wanted = set(self.args.only.split(",")) if self.args.only else None
         t0 = time.monotonic()
@@ -1515,7 +1542,7 @@ def main():
     ap.add_argument("--qemu-memory", type=int, default=256, help="vms.memory (MiB) of the qemu section's VMs (256)")
     ap.add_argument("--qemu-accel", choices=("auto", "kvm", "tcg"), default="auto",
                     help="qemu.accel of the qemu section (auto: kvm where it works, else tcg)")
-    ap.add_argument("--only", help="comma-separated sections: throughput,checkout,latency,log,virtualbox,lifecycle,master,qemu")
+    ap.add_argument("--only", help="comma-separated sections: throughput,checkout,latency,log,log-secrets,virtualbox,lifecycle,master,qemu")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (worker logs, config)")
     args = ap.parse_args()
     if not os.access(args.tworker, os.X_OK):

@@ -15,10 +15,13 @@ struct GlobalOptions: ParsableArguments {
     @Flag(name: .long, help: "Log debug details (also VERBOSE=true).")
     var verbose = false
 
-    /// Loads the effective config or exits 78 with every problem on its own line.
-    func load(vm: String? = nil) throws -> LoadedConfig {
+    /// Loads the effective config or exits 78 with every problem on its own line; `secrets`
+    /// also reads `secrets.env` (the commands that run jobs).
+    func load(vm: String? = nil, secrets: Bool = false) throws -> LoadedConfig {
         do {
-            return try ConfigLoader(configDir: configDir, env: env, vm: vm, verbose: verbose ? true : nil).load()
+            var loader = ConfigLoader(configDir: configDir, env: env, vm: vm, verbose: verbose ? true : nil)
+            loader.readsSecrets = secrets
+            return try loader.load()
         } catch {
             // Exactly `file:line: key: problem`, one per line, so editors and scripts can jump to them.
             FileHandle.standardError.write(Data((error.description + "\n").utf8))

@@ -24,7 +24,8 @@ struct Start: AsyncParsableCommand {
 
     func run() async throws {
         MemoryTuning.apply()
-        let config = try global.load().config
+        // secrets.env is checked here once, so a bad one stops the start instead of every worker.
+        let config = try global.load(secrets: true).config
         do {
             // Every worker would fail every job without them: say so once, before starting any.
             try ProgramLocator().check(Program.forWorkers(config))

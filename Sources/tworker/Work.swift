@@ -34,7 +34,7 @@ struct Work: AsyncParsableCommand {
 
     func run() async throws {
         MemoryTuning.apply()
-        let config = try global.load(vm: vm).config
+        let config = try global.load(vm: vm, secrets: true).config
         let vmName = config.vm ?? "worker-1"
         guard vmName.range(of: "^[A-Za-z0-9_.-]{1,64}$", options: .regularExpression) != nil else {
             throw ValidationError("--vm '\(vmName)': a VM name is 1-64 characters of A-Z a-z 0-9 _ . -")

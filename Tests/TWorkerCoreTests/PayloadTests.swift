@@ -125,7 +125,12 @@ private let malformedCases: [MalformedCase] = [
     MalformedCase("env name A-B", payload: #"{"id":"j","config":{"env":["OK=1","A-B=1"]}}"#, "payload.config.env[1]: invalid variable name (must match [A-Za-z_][A-Za-z0-9_]*)"),
     MalformedCase("env without =", payload: #"{"id":"j","config":{"env":["FOO"]}}"#, "payload.config.env[0]: expected NAME=value"),
     MalformedCase("env value with NUL", payload: #"{"id":"j","config":{"env":["A=x\u0000y"]}}"#, "payload.config.env[0]: value must not contain NUL bytes"),
-    MalformedCase("env not a list", payload: #"{"id":"j","config":{"env":"A=1"}}"#, "payload.config.env: expected an array of NAME=value strings"),
+    MalformedCase("env not a list", payload: #"{"id":"j","config":{"env":"A=1"}}"#, #"payload.config.env: expected an array of NAME=value strings or {"name", "value", "secure"} objects"#),
+    MalformedCase("env item a number", payload: #"{"id":"j","config":{"env":[5]}}"#, #"payload.config.env[0]: expected a NAME=value string or a {"name", "value", "secure"} object"#),
+    MalformedCase("secure env without value", payload: #"{"id":"j","config":{"env":[{"name":"A_TOKEN","secure":true}]}}"#, "payload.config.env[0].value: expected a string"),
+    MalformedCase("secure env name", payload: #"{"id":"j","config":{"env":[{"name":"1X","value":"abcdefgh","secure":true}]}}"#, "payload.config.env[0]: invalid variable name (must match [A-Za-z_][A-Za-z0-9_]*)"),
+    MalformedCase("secure not a bool", payload: #"{"id":"j","config":{"env":[{"name":"A","value":"abcdefgh","secure":"yes"}]}}"#, "payload.config.env[0].secure: expected true or false"),
+    MalformedCase("env object unknown key", payload: #"{"id":"j","config":{"env":[{"name":"A","value":"abcdefgh","public":true}]}}"#, "payload.config.env[0].public: unknown key"),
     MalformedCase("command not a string", payload: #"{"id":"j","config":{"script":["a","b",3]}}"#, "payload.config.script[2]: expected a string"),
     MalformedCase("stage wrong type", payload: #"{"id":"j","config":{"install":{"a":1}}}"#, "payload.config.install: expected a string or an array of strings"),
     MalformedCase("command with NUL", payload: #"{"id":"j","config":{"script":"a\u0000b"}}"#, "payload.config.script: must not contain NUL bytes"),
@@ -173,6 +178,14 @@ private let malformedCases: [MalformedCase] = [
         #expect(p.stages[.beforeScript] == nil)  // empty list: stage omitted
         #expect(p.hardLimit == 3000)
         #expect(p.logSilence == 600)
+    }
+
+    @Test func secureEnvEntriesSitBesidePlainOnes() throws {
+        let raw = entry(#"{"id":"x","config":{"env":["A=1",{"name":"API_TOKEN","value":"s3cr3t-value","secure":true},{"name":"B","value":"2"},{"name":"C","value":"3","secure":false}]}}"#)
+        #expect(try decoded(raw).payload.env == [
+            .init(name: "A", value: "1"), .init(name: "API_TOKEN", value: "s3cr3t-value", secure: true),
+            .init(name: "B", value: "2"), .init(name: "C", value: "3"),
+        ])
     }
 
     @Test func integerIDBecomesDecimalString() throws {

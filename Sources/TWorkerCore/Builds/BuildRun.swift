@@ -40,10 +40,10 @@ public enum BuildOutcome: Sendable, Equatable {
 /// exit is told apart: after that line it is `failed`, before it `errored`.
 public enum BuildRun {
     public static func execute(
-        machine: any Machine, script: String, jobID: String, limits: BuildLimits,
+        machine: any Machine, script: String, jobID: String, limits: BuildLimits, stages: StageTimes? = nil,
         log: @escaping @Sendable ([UInt8]) async -> Void
     ) async -> BuildOutcome {
-        let monitor = OutputMonitor(limits: limits)
+        let monitor = OutputMonitor(limits: limits, stages: stages)
         let outcome = await withTaskGroup(of: RunnerEvent.self) { group -> BuildOutcome in
             group.addTask {
                 do throws(InfrastructureError) {
@@ -83,6 +83,7 @@ public enum BuildRun {
             }
             return .interrupted
         }
+        stages?.buildEnded()
         if Task.isCancelled { return .interrupted }
         return outcome
     }
@@ -124,6 +125,7 @@ public enum BuildRun {
 /// Watches a build's output as it streams: stage markers, silence, log length.
 final class OutputMonitor: Sendable {
     private let limits: BuildLimits
+    private let stages: StageTimes?
     private let startedAt = ContinuousClock.now
     private let state: Mutex<State>
 
@@ -142,8 +144,9 @@ final class OutputMonitor: Sendable {
     /// Longest line inspected for markers; longer lines cannot be markers.
     static let markerLineLimit = 256
 
-    init(limits: BuildLimits) {
+    init(limits: BuildLimits, stages: StageTimes? = nil) {
         self.limits = limits
+        self.stages = stages
         self.state = Mutex(State(lastOutputAt: .now))
     }
 
@@ -215,11 +218,93 @@ final class OutputMonitor: Sendable {
             let name = String(line.dropFirst(BuildMarkers.foldStart.count))
             state.stage = (name, now)
             if name == "script" { state.reachedScript = true }
+            stages?.started(name, at: now)
         } else if line.hasPrefix(BuildMarkers.foldEnd) {
+            stages?.ended(String(line.dropFirst(BuildMarkers.foldEnd.count)), at: now)
             state.lastStage = state.stage?.name
             state.stage = nil
         } else if let code = BuildMarkers.parseScriptResult(line), let exact = Int32(exactly: code) {
             state.scriptResult = exact
         }
+    }
+}
+
+/// When each stage of a build started and how long it took, as the job record keeps them
+/// (`stage:<name>:started`, `stage:<name>:duration`). Only the script's own stages count
+/// (`checkout` and the `.travis.yml` stages): a fold marker a build prints itself names none.
+public final class StageTimes: Sendable {
+    /// The stages recorded, in the order a build runs them.
+    public static let names = ["checkout"] + BuildStage.allCases.map(\.rawValue)
+
+    public struct Stage: Sendable, Equatable {
+        public var name: String
+        public var started: Date
+        public var duration: Duration?
+    }
+
+    private struct Running {
+        var name: String
+        var at: ContinuousClock.Instant
+    }
+
+    private let state = Mutex<(stages: [Stage], running: Running?)>(([], nil))
+
+    public init() {}
+
+    func started(_ name: String, at now: ContinuousClock.Instant) {
+        guard Self.names.contains(name) else { return }
+        state.withLock { state in
+            Self.close(&state, at: now)
+            state.stages.append(Stage(name: name, started: Date(), duration: nil))
+            state.running = Running(name: name, at: now)
+        }
+    }
+
+    func ended(_ name: String, at now: ContinuousClock.Instant) {
+        state.withLock { state in
+            guard state.running?.name == name else { return }
+            Self.close(&state, at: now)
+        }
+    }
+
+    /// A stage still open when the build ended (killed by a limit, or `exit`) ends with it.
+    func buildEnded(at now: ContinuousClock.Instant = .now) {
+        state.withLock { Self.close(&$0, at: now) }
+    }
+
+    private static func close(_ state: inout (stages: [Stage], running: Running?), at now: ContinuousClock.Instant) {
+        guard let running = state.running, let index = state.stages.lastIndex(where: { $0.name == running.name }) else { return }
+        state.stages[index].duration = now - running.at
+        state.running = nil
+    }
+
+    /// The stages that ran, in order.
+    public var stages: [Stage] { state.withLock { $0.stages } }
+
+    /// The record's fields: `stage:<name>:started` (ISO 8601, as every `*_at` field) and
+    /// `stage:<name>:duration` (seconds, to the millisecond).
+    public var fields: [String: String] {
+        var fields: [String: String] = [:]
+        for stage in stages {
+            fields["stage:\(stage.name):started"] = Timestamp.format(stage.started)
+            if let duration = stage.duration {
+                let millis = duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000
+                let fraction = String(millis % 1000)
+                fields["stage:\(stage.name):duration"] = "\(millis / 1000)." + String(repeating: "0", count: 3 - fraction.count) + fraction
+            }
+        }
+        return fields
+    }
+
+    /// Sets `fields` on the record `key`.
+    public func recordCommands(key: String) -> [[String]] {
+        let fields = self.fields
+        guard !fields.isEmpty else { return [] }
+        return [["HSET", key] + fields.sorted { $0.key < $1.key }.flatMap { [$0.key, $0.value] }]
+    }
+
+    /// Drops every stage field an earlier attempt left on the record `key`.
+    public static func resetCommands(key: String) -> [[String]] {
+        [["HDEL", key] + names.flatMap { ["stage:\($0):started", "stage:\($0):duration"] }]
     }
 }

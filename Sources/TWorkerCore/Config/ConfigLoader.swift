@@ -106,6 +106,9 @@ public struct ConfigLoader: Sendable {
     public var verbose: Bool?
     /// Replaces gethostname(2) for the `host` default (tests).
     var hostname: String?
+    /// Reads `secrets.env` from the config directory: only the commands that run jobs need it,
+    /// and only the workers' account may read it.
+    public var readsSecrets = false
 
     public init(configDir: String? = nil, env: String? = nil,
                 environment: [String: String] = ProcessInfo.processInfo.environment,
@@ -210,10 +213,14 @@ public struct ConfigLoader: Sendable {
 
         overrides["env"] = (.string(envName), envOrigin)
         let context = ConfigKey.Context(currentDirectory: currentDirectory, hostname: hostname ?? currentHostname())
-        let (config, origins) = Self.resolve(env: envName, tree: merged, overrides: overrides, context: context)
+        var (config, origins) = Self.resolve(env: envName, tree: merged, overrides: overrides, context: context)
         let missing = Self.providerRequirements(config, origins: origins) + Self.listenerRequirements(config, origins: origins)
             + Self.workloadRequirements(config, origins: origins)
         guard missing.isEmpty else { throw ConfigError(problems: missing) }
+        if readsSecrets {
+            config.secrets.variables = try SecretsFile.load(path: absoluteDir + "/" + SecretsFile.name,
+                                                            display: Self.displayPath(dir, SecretsFile.name))
+        }
         return LoadedConfig(config: config, origins: origins, files: files)
     }
 

@@ -62,6 +62,10 @@ enum ConfigSchema {
         .string("http.listen", "127.0.0.1:9252", \.http.listen, allowEmpty: true),
         .optionalString("http.token", \.http.token),
         .path("vagrant.directory", { _, _ in "boxes" }, \.vagrant.directory),
+        .stringList("secrets.redact", JobSecrets.defaultRedact, \.secrets.redact),
+        .optionalPath("hooks.before_job", \.hooks.beforeJob),
+        .optionalPath("hooks.after_job", \.hooks.afterJob),
+        .int("hooks.timeout", 60, 1...86_400, \.hooks.timeout),
 
         .optionalString("user", \.user),
         .optionalString("group", \.group),

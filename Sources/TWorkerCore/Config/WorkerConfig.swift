@@ -42,6 +42,8 @@ public struct WorkerConfig: Sendable, Equatable {
     public var vagrant: Vagrant
     public var qemu: QEMU
     public var http: HTTP
+    public var secrets: Secrets
+    public var hooks: Hooks
     /// The user (and group) the master runs its workers as when started as root.
     public var user: String?
     public var group: String?
@@ -119,6 +121,23 @@ public struct WorkerConfig: Sendable, Equatable {
         public var listen: String
         /// Required for a listener that is not on loopback; every request but `/health` then needs it.
         public var token: String?
+    }
+
+    /// What the log must never show.
+    public struct Secrets: Sendable, Equatable {
+        /// Name patterns (`*_TOKEN`) that make a job's variable secret.
+        public var redact: [String]
+        /// `secrets.env`'s variables, added to every job; read only by the commands that run
+        /// jobs (`ConfigLoader.readsSecrets`), never shown by `tworker config`.
+        public var variables: [JobPayload.EnvVar] = []
+    }
+
+    /// Executables the worker runs on the host around each job (`JobHooks`).
+    public struct Hooks: Sendable, Equatable {
+        public var beforeJob: String?
+        public var afterJob: String?
+        /// Seconds each may take.
+        public var timeout: Int
     }
 
     /// Worker heartbeat settings.
@@ -209,6 +228,8 @@ public struct WorkerConfig: Sendable, Equatable {
             vagrant: Vagrant(vagrant: "", directory: ""),
             qemu: QEMU(binary: "", img: "", accel: .auto, extraArgs: [], kernel: nil, initrd: nil, append: nil),
             http: HTTP(listen: "", token: nil),
+            secrets: Secrets(redact: []),
+            hooks: Hooks(beforeJob: nil, afterJob: nil, timeout: 0),
             user: nil, group: nil, allowRoot: false,
             vm: nil,
             verbose: false

@@ -76,14 +76,17 @@ public struct JobStore: Sendable {
         public var number: Int
         public var data: [UInt8]?
         public var final: Bool
+        /// When its first byte was printed, in milliseconds since the epoch.
+        public var at: Int64 = Timestamp.milliseconds()
     }
 
-    /// The one wire format of a log: `XADD <key> 0-<n> n <n> [data <bytes>] [final 1]`, and
-    /// the expiry when `retention` is given (a closed log).
+    /// The one wire format of a log: `XADD <key> 0-<n> n <n> at <ms> [data <bytes>] [final 1]`,
+    /// and the expiry when `retention` is given (a closed log).
     static func logCommands(key: String, entries: [LogEntry], expireAfter retention: Int?) -> [[[UInt8]]] {
         let key = Array(key.utf8)
         var commands: [[[UInt8]]] = entries.map { entry in
-            var command: [[UInt8]] = [Array("XADD".utf8), key, Array("0-\(entry.number)".utf8), Array("n".utf8), Array(String(entry.number).utf8)]
+            var command: [[UInt8]] = [Array("XADD".utf8), key, Array("0-\(entry.number)".utf8), Array("n".utf8), Array(String(entry.number).utf8),
+                                      Array("at".utf8), Array(String(entry.at).utf8)]
             if let data = entry.data { command += [Array("data".utf8), data] }
             if entry.final { command += [Array("final".utf8), Array("1".utf8)] }
             return command

@@ -9,6 +9,7 @@ public enum JobDecoder {
     static let repositoryKeys: Set<String> = ["slug", "source_url"]
     static let configKeys: Set<String> = Set(["env"] + BuildStage.allCases.map(\.rawValue))
     static let timeoutKeys: Set<String> = ["hard_limit", "log_silence"]
+    static let envObjectKeys: Set<String> = ["name", "value", "secure"]
 
     public static func decode(_ raw: [UInt8]) -> Result<QueuedJob, PayloadError> {
         let root: JSONValue
@@ -230,16 +231,34 @@ private struct Validator {
     mutating func env(_ value: JSONValue?) -> [JobPayload.EnvVar] {
         guard let value = Validator.present(value) else { return [] }
         guard case .array(let items) = value else {
-            problem("payload.config.env: expected an array of NAME=value strings")
+            problem("payload.config.env: expected an array of NAME=value strings or {\"name\", \"value\", \"secure\"} objects")
             return []
         }
         var result: [JobPayload.EnvVar] = []
         for (i, item) in items.enumerated() {
             let path = "payload.config.env[\(i)]"
-            guard case .string(let s) = item else { problem("\(path): expected a string"); continue }
-            guard let eq = s.firstIndex(of: "=") else { problem("\(path): expected NAME=value"); continue }
-            let name = String(s[..<eq])
-            let value = String(s[s.index(after: eq)...])
+            let name: String, value: String
+            var secure = false
+            switch item {
+            case .string(let s):
+                guard let eq = s.firstIndex(of: "=") else { problem("\(path): expected NAME=value"); continue }
+                name = String(s[..<eq])
+                value = String(s[s.index(after: eq)...])
+            case .object(let o):
+                rejectUnknownKeys(o, allowed: JobDecoder.envObjectKeys, path: path)
+                guard case .string(let n)? = o["name"] else { problem("\(path).name: expected a string"); continue }
+                guard case .string(let v)? = o["value"] else { problem("\(path).value: expected a string"); continue }
+                switch Validator.present(o["secure"]) {
+                case nil: break
+                case .bool(let b)?: secure = b
+                default: problem("\(path).secure: expected true or false"); continue
+                }
+                name = n
+                value = v
+            default:
+                problem("\(path): expected a NAME=value string or a {\"name\", \"value\", \"secure\"} object")
+                continue
+            }
             var ok = true
             if !JobValidation.isValidEnvName(name) {
                 problem("\(path): invalid variable name (must match [A-Za-z_][A-Za-z0-9_]*)")
@@ -249,7 +268,7 @@ private struct Validator {
                 problem("\(path): value must not contain NUL bytes")
                 ok = false
             }
-            if ok { result.append(JobPayload.EnvVar(name: name, value: value)) }
+            if ok { result.append(JobPayload.EnvVar(name: name, value: value, secure: secure)) }
         }
         return result
     }

@@ -27,14 +27,17 @@ public struct JobPayload: Sendable, Equatable {
         }
     }
 
-    /// One `NAME=value` entry of `config.env`.
+    /// One entry of `config.env`: `NAME=value`, or `{"name", "value", "secure": true}`.
     public struct EnvVar: Sendable, Equatable {
         public var name: String
         public var value: String
+        /// A secret: its value is masked in the log (`JobSecrets`).
+        public var secure: Bool
 
-        public init(name: String, value: String) {
+        public init(name: String, value: String, secure: Bool = false) {
             self.name = name
             self.value = value
+            self.secure = secure
         }
     }
 

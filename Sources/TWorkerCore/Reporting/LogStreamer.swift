@@ -6,11 +6,13 @@ import RedisClient
 ///
 /// The first output is written at once: it is what someone watching a job waits for, and it
 /// shows the build has begun. After that, output is flushed once 4 KiB are buffered or 200 ms
-/// after the oldest buffered byte, whichever comes first. Entries carry explicit stream ids
-/// `0-<n>` so that a write retried after a lost connection is recognised by Redis instead of
-/// being duplicated, and a later attempt of the same job continues the numbering. While Redis
-/// is away the buffer keeps filling up to `maxBuffered`, after which `append` waits: the build
-/// then blocks on its pipe rather than our memory growing.
+/// after the oldest buffered byte, whichever comes first. Each entry's `at` is when its oldest
+/// byte came. With `secrets`, every secret is masked before it is buffered; a possible start of
+/// a secret at the end of a read waits for the next read (or the log's end). Entries carry
+/// explicit stream ids `0-<n>` so that a write retried after a lost connection is recognised
+/// by Redis instead of being duplicated, and a later attempt of the same job continues the
+/// numbering. While Redis is away the buffer keeps filling up to `maxBuffered`, after which
+/// `append` waits: the build then blocks on its pipe rather than our memory growing.
 public actor LogStreamer {
     public static let flushThreshold = 4096
     public static let flushInterval: Duration = .milliseconds(200)
@@ -27,6 +29,9 @@ public actor LogStreamer {
     private var flushedOnce = false
     private var buffer: [UInt8] = []
     private var oldestBufferedAt: ContinuousClock.Instant?
+    /// The same moment as `oldestBufferedAt`, in milliseconds since the epoch.
+    private var oldestBufferedWall: Int64 = 0
+    private var redactor: SecretRedactor?
     private var inFlight: Task<Void, Never>?
     private var timer: Task<Void, Never>?
     private var finished = false
@@ -43,7 +48,8 @@ public actor LogStreamer {
 
     /// `flushInterval`: how long output after the first may wait in the buffer (tests stretch it).
     public init(redis: RedisConnection, key: String, retention: Int, logger: Logger, lastNumber: Int,
-                flushInterval: Duration = LogStreamer.flushInterval) {
+                flushInterval: Duration = LogStreamer.flushInterval, secrets: SecretMask? = nil) {
+        self.redactor = secrets.flatMap { $0.isEmpty ? nil : SecretRedactor(mask: $0) }
         self.redis = redis
         self.key = key
         self.retention = retention
@@ -59,13 +65,31 @@ public actor LogStreamer {
     public func append(_ bytes: [UInt8]) async {
         guard !bytes.isEmpty, !finished else { return }
         bytesWritten += bytes.count
-        if buffer.isEmpty { oldestBufferedAt = .now }
-        buffer.append(contentsOf: bytes)
+        if redactor != nil {
+            let shown = redactor!.redact(bytes)
+            guard !shown.isEmpty else { return }
+            addToBuffer(shown)
+        } else {
+            addToBuffer(bytes)
+        }
         if buffer.count >= Self.flushThreshold || !flushedOnce { startFlushIfIdle() } else { armTimer() }
         while buffer.count >= Self.maxBuffered, let flight = inFlight { await flight.value }
     }
 
     public func append(_ text: String) async { await append(Array(text.utf8)) }
+
+    private func addToBuffer(_ bytes: [UInt8]) {
+        if buffer.isEmpty {
+            oldestBufferedAt = .now
+            oldestBufferedWall = Timestamp.milliseconds()
+        }
+        buffer.append(contentsOf: bytes)
+    }
+
+    /// What the redactor still holds back joins the buffer: the log ends or must be written now.
+    private func releaseHeld() {
+        if let held = redactor?.flush(), !held.isEmpty { addToBuffer(held) }
+    }
 
     /// Writes everything still buffered and the closing `final` entry; later appends are ignored.
     public func finish() async {
@@ -80,6 +104,7 @@ public actor LogStreamer {
         timer = nil
         while let flight = inFlight { await flight.value }
         finished = true
+        releaseHeld()
         var entries = takeEntries()
         entries.append(JobStore.LogEntry(number: nextNumber, data: nil, final: true))
         nextNumber += 1
@@ -90,6 +115,7 @@ public actor LogStreamer {
     public func drain() async {
         timer?.cancel()
         timer = nil
+        releaseHeld()
         while true {
             if let flight = inFlight { await flight.value; continue }
             if buffer.isEmpty { return }
@@ -129,7 +155,7 @@ public actor LogStreamer {
         var start = 0
         while start < buffer.count {
             let end = Self.entryEnd(buffer, from: start)
-            entries.append(JobStore.LogEntry(number: nextNumber, data: Array(buffer[start..<end]), final: false))
+            entries.append(JobStore.LogEntry(number: nextNumber, data: Array(buffer[start..<end]), final: false, at: oldestBufferedWall))
             nextNumber += 1
             start = end
         }

@@ -8,6 +8,9 @@ import Foundation
 public enum Timestamp {
     public static func now() -> String { format(Date()) }
 
+    /// Milliseconds since the epoch (a log entry's `at`).
+    public static func milliseconds(_ date: Date = Date()) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }
+
     public static func format(_ date: Date) -> String {
         // Whole milliseconds first: splitting the Double directly turns .123 into .122.
         let totalMillis = Int64((date.timeIntervalSince1970 * 1000).rounded())

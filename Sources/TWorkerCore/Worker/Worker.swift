@@ -36,6 +36,10 @@ public final class Worker: Sendable {
         public var startPaused: Bool = false
         /// The master this worker belongs to; when it is gone the worker finishes its job and exits.
         public var masterPID: pid_t?
+        /// `secrets.env`'s variables, added before each job's own; `secrets.redact`'s patterns.
+        public var hostSecrets: [JobPayload.EnvVar] = []
+        public var redact: [String] = JobSecrets.defaultRedact
+        public var hooks = JobHooks(beforeJob: nil, afterJob: nil, timeout: .seconds(60))
 
         public init(vm: String, queue: String, host: String, namespace: String, maxAttempts: Int, retention: Int,
                     heartbeatInterval: Int, limits: BuildLimits) {
@@ -58,6 +62,9 @@ public final class Worker: Sendable {
                 limits: BuildLimits(hardLimit: .seconds(timeouts.hardLimit), logSilence: .seconds(timeouts.logSilence),
                                     logLength: config.limits.logLength, stageTimeout: { timeouts.stageTimeout($0) }))
             maxConsecutiveFailures = config.vms.maxConsecutiveFailures
+            hostSecrets = config.secrets.variables
+            redact = config.secrets.redact
+            hooks = JobHooks(config: config.hooks)
         }
 
         public var worker: String { "\(host):\(vm)" }
@@ -430,6 +437,8 @@ public final class Worker: Sendable {
     /// One job, from the processing list to its end. Whatever goes wrong that is not the build's
     /// own result is an infrastructure error: requeued with one attempt more, never left behind.
     private func run(_ job: QueuedJob, raw: [UInt8]) async -> Bool {
+        var job = job
+        job.payload.env = settings.hostSecrets + job.payload.env
         let id = job.payload.id
         // From here on a cancel for this job is honoured, even before its build starts.
         control.withLock { $0.state.jobTaken(id) }
@@ -443,7 +452,15 @@ public final class Worker: Sendable {
         var opening: JobStore.Opening?
         let read = await persistently("read job \(id)") { opening = try await store.opening(of: id) }
         guard read, let opening else { return false }
-        let log = LogStreamer(redis: redis, key: keys.log(id), retention: settings.retention, logger: logger, lastNumber: opening.lastLogNumber)
+        let secrets: SecretMask
+        var refused: SecretTooShort?
+        do throws(SecretTooShort) {
+            secrets = try JobSecrets.mask(for: job.payload.env, redact: settings.redact)
+        } catch {
+            (secrets, refused) = (SecretMask(values: []), error)
+        }
+        let log = LogStreamer(redis: redis, key: keys.log(id), retention: settings.retention, logger: logger, lastNumber: opening.lastLogNumber,
+                              secrets: secrets)
         if let reason = opening.cancelReason {
             // Cancelled while it waited, but taken off the queue before the cancel could remove it.
             await log.append("The job was cancelled before it started: \(reason)\n")
@@ -454,17 +471,22 @@ public final class Worker: Sendable {
             await log.append("\n\(reason)\n")
             return await finish(job, raw: raw, result: .errored, exitCode: nil, error: reason, log: log)
         }
+        if let refused {
+            await log.append("\n\(refused)\n")
+            return await finish(job, raw: raw, result: .errored, exitCode: nil, error: refused.description, log: log)
+        }
 
+        let stages = StageTimes()
         let outcome: BuildOutcome
         do {
-            outcome = try await attempt(job, rerun: opening.rerun, log: log)
+            outcome = try await attempt(job, rerun: opening.rerun, secrets: secrets, stages: stages, log: log)
         } catch {
             // A reply nobody expected while recording the job: the machine is reset and the job retried.
             logger.error("unexpected error before the build ran; treating it as an infrastructure error",
                          metadata: ["job": "\(id)", "error": "\(error)"])
             outcome = .infrastructure("\(error)")
         }
-        let settled = await conclude(job, raw: raw, outcome: outcome, log: log)
+        let settled = await conclude(job, raw: raw, outcome: outcome, stages: stages, log: log)
         WorkerObservations.record(.logBytes, value: Double(await log.bytesWritten))
         // Reported first, cleaned up after: the job's result does not wait for the VM's reset.
         do {
@@ -483,13 +505,14 @@ public final class Worker: Sendable {
 
     /// Records the job as received, readies the machine and runs the build. Throws only what
     /// Redis answered unexpectedly; the machine's failures come back as `.infrastructure`.
-    private func attempt(_ job: QueuedJob, rerun: Bool, log: LogStreamer) async throws -> BuildOutcome {
+    private func attempt(_ job: QueuedJob, rerun: Bool, secrets: SecretMask, stages: StageTimes, log: LogStreamer) async throws -> BuildOutcome {
         let id = job.payload.id
         let attempt = job.attempts + 1
         let busy = heartbeat.transition(to: .busy, job: id)
         logger.info("job received", metadata: ["job": "\(id)", "attempt": "\(attempt)"])
         // The machine gets ready while Redis records the job as received.
-        async let receivedWritten: Void = store.received(job, into: queue, rerun: rerun, alongWith: busy)
+        async let receivedWritten: Void = store.received(job, into: queue, rerun: rerun,
+                                                         alongWith: busy + StageTimes.resetCommands(key: keys.job(id)))
         let prepared: Result<Void, InfrastructureError>
         do {
             let prepareStarted = ContinuousClock.now
@@ -501,23 +524,43 @@ public final class Worker: Sendable {
         }
         try await receivedWritten
         if case .failure(let error) = prepared { return .infrastructure(error.message) }
+        if let failure = await settings.hooks.run(.beforeJob, context: hookContext(job), log: log) { return .infrastructure(failure) }
         // A cancel, abort or stop that came while the machine got ready wins before the build starts.
         guard control.withLock({ $0.state.buildMayStart }) else { return .interrupted }
         try await store.started(id: id)
-        return await runBuild(job, log: log)
+        return await runBuild(job, secrets: secrets, stages: stages, log: log)
+    }
+
+    /// What the hooks are told about `job`'s attempt in hand.
+    private func hookContext(_ job: QueuedJob, result: String? = nil) -> JobHooks.Context {
+        JobHooks.Context(jobID: job.payload.id, vm: settings.vm, worker: settings.worker, queue: queue.queue,
+                         attempt: job.attempts + 1, result: result)
     }
 
     /// Writes how the attempt ended: a final state, or back to the queue. Every write is retried
     /// until Redis takes it, so a build that ran is never run again for want of a reply.
-    private func conclude(_ job: QueuedJob, raw: [UInt8], outcome: BuildOutcome, log: LogStreamer) async -> Bool {
+    private func conclude(_ job: QueuedJob, raw: [UInt8], outcome: BuildOutcome, stages: StageTimes, log: LogStreamer) async -> Bool {
         let id = job.payload.id
         let conclusion = control.withLock { $0.state.conclude(outcome) }
         if let count = conclusion.quarantineAfter, let message = conclusion.lastError {
             await quarantine(after: count, lastError: message)
         }
         if case .finished = conclusion.ending { heartbeat.countJobDone() }
-        // The worker's own state changes in the same transaction as the job's.
+        if settings.hooks.afterJob != nil {
+            let result = switch conclusion.ending {
+            case .finished(let result, _, _): result.rawValue
+            case .retryElsewhere: if case .giveUp = attempts.afterFailedAttempt(of: job) { "errored" } else { "requeued" }
+            case .cancelled: "cancelled"
+            case .requeued: "requeued"
+            }
+            await settings.hooks.run(.afterJob, context: hookContext(job, result: result), log: log)
+        }
+        for stage in stages.stages {
+            if let duration = stage.duration { WorkerObservations.record(.stage, labels: ["stage": stage.name], duration: duration) }
+        }
+        // The worker's own state and the stages' times change in the same transaction as the job's.
         let afterwards = heartbeat.transition(to: conclusion.afterwards, lastError: conclusion.lastError)
+            + stages.recordCommands(key: keys.job(id))
         switch conclusion.ending {
         case .finished(let result, let exitCode, let message):
             if let message { await log.append("\n\n\(message)\n") }
@@ -544,13 +587,13 @@ public final class Worker: Sendable {
         }
     }
 
-    private func runBuild(_ job: QueuedJob, log: LogStreamer) async -> BuildOutcome {
+    private func runBuild(_ job: QueuedJob, secrets: SecretMask, stages: StageTimes, log: LogStreamer) async -> BuildOutcome {
         var limits = settings.limits
         if let hard = job.payload.hardLimit { limits.hardLimit = min(limits.hardLimit, .seconds(hard)) }
         if let silence = job.payload.logSilence { limits.logSilence = min(limits.logSilence, .seconds(silence)) }
-        let script = BuildScript.render(job.payload)
+        let script = BuildScript.render(job.payload, secrets: secrets)
         let task = Task { [machine, limits] in
-            await BuildRun.execute(machine: machine, script: script, jobID: job.payload.id, limits: limits) { chunk in
+            await BuildRun.execute(machine: machine, script: script, jobID: job.payload.id, limits: limits, stages: stages) { chunk in
                 await log.append(chunk)
             }
         }

@@ -34,13 +34,20 @@ public struct Program: Sendable, Equatable, CustomStringConvertible {
     public static let tar = Program(name: "tar", remedy: "install tar")
     public static let redisServer = Program(name: "redis-server", remedy: "install redis-server or set redis.url to an existing server")
 
+    /// A host-side hook (`hooks.before_job`, `hooks.after_job`): an executable at `path`.
+    public static func hook(_ path: String, key: String) -> Program {
+        Program(name: path, remedy: "make it an executable file or unset \(key)")
+    }
+
     /// What every job of `config.provider` runs: `tworker start` checks these before it starts workers.
     public static func forWorkers(_ config: WorkerConfig) -> [Program] {
-        switch config.provider {
+        let machine: [Program] = switch config.provider {
         case .local: [.bash()]
         case .virtualbox: [.vboxmanage(config.virtualbox.vboxmanage), .ssh]
         case .qemu: [.qemuSystem(config.qemu.binary), .qemuImg(config.qemu.img), .ssh]
         }
+        return machine + [config.hooks.beforeJob.map { hook($0, key: "hooks.before_job") },
+                          config.hooks.afterJob.map { hook($0, key: "hooks.after_job") }].compactMap { $0 }
     }
 
     /// What a `tworker vagrant` command runs: VBoxManage (qemu and qemu-img for `provider: qemu`);
