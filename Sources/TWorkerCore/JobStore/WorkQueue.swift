@@ -108,16 +108,16 @@ public struct WorkQueue: Sendable {
             if parts.count == 3, parts[0].string == "job", let queue = parts[1].string, case .bulk(let raw) = parts[2] {
                 return Taken(queue: queue, raw: raw)
             }
-            guard parts.count == 2, parts[0].string == "empty", let last = parts[1].string else {
+            guard parts.count == 2, parts[0].string == "empty" else {
                 throw RedisError.server("unexpected reply to taking a job: \(reply)")
             }
             guard let deadline else { return nil }
             let left = deadline - ContinuousClock.now
             if left <= .zero { return nil }
-            let wait = min(left, Self.pollInterval)
-            let milliseconds = max(1, Int(wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000))
-            _ = try await blockingRedis.sendBlocking(["XREAD", "COUNT", "1", "BLOCK", String(milliseconds), "STREAMS", keys.queueWake, last],
-                                                     blockTimeout: wait)
+            // Not `XREAD BLOCK 40`: Redis ends a blocked call on its own timer (10 times a second
+            // at the default `hz`), so a 40 ms block lasted up to 100 ms and a plain RPUSH waited
+            // that long. The wait is this process's own; every push is seen within the interval.
+            try await Task.sleep(for: min(left, Self.pollInterval))
         }
     }
 
