@@ -37,8 +37,9 @@ struct Start: AsyncParsableCommand {
         let account: WorkerAccount?
         do {
             account = try WorkerAccount.resolve(settings)
+            if account != nil && geteuid() == 0 { try ProgramLocator().check([.setpriv]) }
         } catch {
-            printError(error.description)
+            printError(String(describing: error))
             throw ExitCode.failure
         }
         let paths = MasterPaths(stateDir: config.stateDir)

@@ -188,3 +188,30 @@ import Testing
         #expect(Master.workerNumber("3") == nil)
     }
 }
+
+@Suite struct WorkerLaunchTests {
+    let account = WorkerAccount(user: "builder", uid: 1500, gid: 1600, groups: [1600, 27], home: "/home/builder")
+
+    @Test func aRootMasterStartsAnotherAccountsWorkerThroughSetprivWithItsIdsAndGroups() {
+        let launch = WorkerLaunch(executable: "/usr/local/bin/tworker", number: 3, arguments: ["--env", "production"],
+                                  account: account, paused: false, pinnedEnvironment: [:])
+        let spawn = launch.spawnCommand(setpriv: "/usr/bin/setpriv", runningAsRoot: true)
+        #expect(spawn.executable == "/usr/bin/setpriv")
+        #expect(spawn.arguments == ["--reuid=1500", "--regid=1600", "--groups=1600,27", "--",
+                                    "/usr/local/bin/tworker", "work", "--env", "production", "--vm", "worker-3"])
+        var noGroups = launch
+        noGroups.account?.groups = []
+        #expect(noGroups.spawnCommand(setpriv: "/usr/bin/setpriv", runningAsRoot: true).arguments.prefix(3)
+                == ["--reuid=1500", "--regid=1600", "--clear-groups"])
+    }
+
+    @Test func withoutAnAccountOrRootTheWorkerIsStartedDirectly() {
+        var launch = WorkerLaunch(executable: "/usr/local/bin/tworker", number: 1, arguments: [], account: account,
+                                  paused: false, pinnedEnvironment: [:])
+        #expect(launch.spawnCommand(setpriv: "/usr/bin/setpriv", runningAsRoot: false).executable == "/usr/local/bin/tworker")
+        launch.account = nil
+        let spawn = launch.spawnCommand(setpriv: "/usr/bin/setpriv", runningAsRoot: true)
+        #expect(spawn.executable == "/usr/local/bin/tworker")
+        #expect(spawn.arguments == ["work", "--vm", "worker-1"])
+    }
+}

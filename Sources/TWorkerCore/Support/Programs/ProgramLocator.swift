@@ -30,6 +30,8 @@ public struct Program: Sendable, Equatable, CustomStringConvertible {
         Program(name: name, remedy: "install qemu-utils or set qemu.img")
     }
     public static let ssh = Program(name: "ssh", remedy: "install the ssh client (openssh-client)")
+    /// Drops a root master's workers to `user`/`group` (util-linux, on every Debian system).
+    public static let setpriv = Program(name: "setpriv", remedy: "install util-linux")
     public static let git = Program(name: "git", remedy: "install git")
     public static let tar = Program(name: "tar", remedy: "install tar")
     public static let redisServer = Program(name: "redis-server", remedy: "install redis-server or set redis.url to an existing server")
