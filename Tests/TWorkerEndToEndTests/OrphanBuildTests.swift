@@ -9,15 +9,29 @@ import TWorkerTestSupport
 /// its own session as the worker's spawn does (the watcher kills its whole process group).
 @Suite(.tags(.endToEnd), .serialized)
 struct OrphanBuildTests {
-    func spawnBuild(owner: pid_t, in directory: TempDirectory) throws -> (SpawnedProcess, marker: String) {
+    /// `goAhead`: the build's stdin holds the line its worker writes once the build's group is
+    /// recorded; without it stdin ends at once, as when the worker dies before writing it.
+    func spawnBuild(owner: pid_t, in directory: TempDirectory, goAhead: Bool = true) throws -> (SpawnedProcess, marker: String) {
         let marker = directory.path + "/side-effect"
         let script = directory.path + "/job.build.sh"
         try "echo started > \(marker).start\nsleep 2\necho done > \(marker)\n".write(toFile: script, atomically: true, encoding: .utf8)
+        let input = directory.path + "/stdin"
+        try (goAhead ? ProgramCommand.buildGoAhead : "").write(toFile: input, atomically: true, encoding: .utf8)
         let command = ProgramCommand.buildScript(script, shell: "/bin/bash", environment: ["PATH": "/usr/bin:/bin"],
                                                  workingDirectory: directory.path, owner: owner)
-        let build = try SpawnedProcess.spawn("/usr/bin/setsid", ["-w", "/bin/bash"] + command.arguments,
+        let build = try SpawnedProcess.spawn("/bin/bash", ["-c", "exec /usr/bin/setsid -w /bin/bash \"$@\" < \"$0\"", input] + command.arguments,
                                              environment: ["PATH": "/usr/bin:/bin"], log: directory.path + "/build.log")
         return (build, marker)
+    }
+
+    @Test func aBuildWhoseWorkerNeverRecordedItNeverStarts() async throws {
+        let directory = try TempDirectory(prefix: "tworker-orphan")
+        defer { directory.remove() }
+        let worker = try SpawnedProcess.spawn("/bin/sleep", ["30"], environment: [:], log: "/dev/null")
+        defer { Task { await worker.kill9() } }
+        let (build, marker) = try spawnBuild(owner: worker.pid, in: directory, goAhead: false)
+        #expect(await build.waitForExit(timeout: .seconds(10)) == 97)
+        #expect(!FileManager.default.fileExists(atPath: marker + ".start"), "not one command of the build ran")
     }
 
     @Test func aBuildWhoseWorkerIsAlreadyDeadNeverStarts() async throws {

@@ -77,8 +77,9 @@ public enum ChildProcess {
                 status = try await spawn.run { pid in
                     processGroup.withLock { $0 = pid }
                     ProgramGroups.insert(pid)
-                    if let inputPipe, let text = command.standardInput { feed(Array(text.utf8), to: inputPipe.write) }
+                    // Fed after `started`: a local build waits for its input until its group is recorded.
                     started?(pid)
+                    if let inputPipe, let text = command.standardInput { feed(Array(text.utf8), to: inputPipe.write) }
                     // Cancellation may have arrived before the pid was known.
                     if Task.isCancelled { kill(-pid, SIGKILL) }
                 }

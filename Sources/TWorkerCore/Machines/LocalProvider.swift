@@ -63,7 +63,8 @@ public struct LocalMachine: Machine {
         let scriptPath = workspace + ".build.sh"
         // Located first: a missing bash fails the job before anything is written.
         let command = try BuildCommand(.buildScript(scriptPath, shell: bash, environment: Self.buildEnvironment(home: workspace, jobID: jobID, vm: name),
-                                                    workingDirectory: workspace))
+                                                    workingDirectory: workspace),
+                                   standardInput: ProgramCommand.buildGoAhead)
         // Plain write(2): no fsync, the file only has to outlive this job.
         let fd = open(scriptPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw InfrastructureError("cannot write build script \(scriptPath): errno \(errno)") }

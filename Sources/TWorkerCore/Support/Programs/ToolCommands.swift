@@ -65,18 +65,24 @@ extension ProgramCommand {
     /// A local build: `shell` runs the script file with exactly the build's environment.
     /// bash running the build script at `path` only while the worker `owner` lives. A worker
     /// SIGKILLed after forking the build but before recording its process group would leave a
-    /// build nobody knows of running beside the job's rerun: the guard refuses to start it, and
-    /// a watcher in the build's process group kills the group within half a second of the
-    /// worker's death. The watcher is not the script's child, so a `wait` in the build never
-    /// waits for it; the worker kills the group when the script ends, watcher included.
+    /// build nobody knows of running beside the job's rerun, so the script waits for one line on
+    /// stdin (`buildGoAhead`), which the worker writes only once the group is recorded (its
+    /// master kills a recorded group when the worker dies); a worker dead before that closes
+    /// the pipe and the build never starts. A watcher in the build's process group also kills
+    /// the group within half a second of the worker's death, for a worker run by hand. The
+    /// watcher is not the script's child, so a `wait` in the build never waits for it; the
+    /// worker kills the group when the script ends, watcher included.
+    /// What the worker writes to a `buildScript` build once its process group is recorded.
+    public static let buildGoAhead = "\n"
+
     public static func buildScript(_ path: String, shell: String, environment: [String: String], workingDirectory: String,
                                    owner: pid_t = getpid()) -> ProgramCommand {
         // Alive means not gone and not a zombie: a SIGKILLed worker stays a zombie until its
         // master reaps it, and `kill -0` would still find it. Builtins only, no fork per look.
         let alive = "alive() { local s; read -r s < /proc/\(owner)/stat 2>/dev/null || return 1; s=${s##*) }; [ \"${s%% *}\" != Z ]; }; "
-        let guarded = alive + "alive || exit 97; "
+        let guarded = alive + "read -r _ || exit 97; alive || exit 97; "
             + "( ( while alive; do sleep 0.5; done; kill -KILL 0 ) </dev/null >/dev/null 2>&1 & ); "
-            + "exec \"$BASH\" \"$0\""
+            + "exec \"$BASH\" \"$0\" </dev/null"
         return ProgramCommand(.bash(shell), arguments: ["-c", guarded, path], environment: .exactly(environment), workingDirectory: workingDirectory)
     }
 
