@@ -680,7 +680,7 @@ class Bench:
 
     def queues(self):
         """Idle CPU of a worker on one queue and on five, and how soon it takes a job pushed to
-        its lowest queue: by a plain Resque client (RPUSH only) and by tworker (RPUSH + wake entry)."""
+        its lowest queue (a plain RPUSH, as a Resque client or `tworker enqueue` pushes)."""
         section = "3b queues"
         idle_s, n, gap = 10.0, 50, 0.1
         print("\n== 3b. Queue lists: idle CPU over %.0f s, and pickup of %d jobs pushed to the last queue ==" % (idle_s, n),
@@ -701,15 +701,11 @@ class Bench:
                 self.results.add(section, "idle CPU, worker on %s" % label, "%.2f %% (redis-server %.2f %%)" % (worker_pct, redis_pct),
                                  "report; 5 queues <= 1 queue")
                 self.r("SADD", QUEUES_KEY, QUEUE)
-                for how in ("resque RPUSH", "tworker enqueue"):
+                for how in ("RPUSH",):
                     ids = ["qp-%s-%s-%03d" % (label[0], how[0], i) for i in range(n)]
                     for i in ids:
                         raw = envelope({"id": i, "config": {"script": ["true"]}}, queued_at=now_iso())
-                        if how == "resque RPUSH":
-                            self.r("RPUSH", QUEUE_KEY, raw)
-                        else:
-                            self.r.pipeline([["MULTI"], ["RPUSH", QUEUE_KEY, raw],
-                                             ["XADD", "tworker:wake:resque", "MAXLEN", "~", "100", "*", "queue", QUEUE], ["EXEC"]])
+                        self.r("RPUSH", QUEUE_KEY, raw)
                         time.sleep(gap)
                     self.wait_final(ids, timeout=30, worker=p)
                     lat = []

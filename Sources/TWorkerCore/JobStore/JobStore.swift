@@ -143,7 +143,6 @@ public struct JobStore: Sendable {
         _ = try await redis.checkedPipeline(bytes: Self.transaction([
             Self.bytes(record), Self.bytes(["EXPIRE", keys.job(id), String(retention)]),
             Self.bytes(["SADD", keys.queues, queue]), [Array("RPUSH".utf8), Array(keys.queue(queue).utf8), raw],
-            Self.bytes(WorkQueue.wakeCommand(keys, queue: queue)),
         ]))
     }
 

@@ -30,10 +30,6 @@ public struct RedisKeys: Sendable {
     /// so a dead one is pruned and other programs' workers are left alone.
     public var resqueRegistry: String { "tworker:resque_workers:\(namespace)" }
 
-    /// A stream every push onto a queue by tworker (`enqueue`, requeues) adds to: idle workers
-    /// wait on it (XREAD) instead of polling, whatever queues they serve.
-    public var queueWake: String { "tworker:wake:\(namespace)" }
-
     public func processing(vm: String) -> String { "tworker:processing:\(host):\(vm)" }
     /// Matches every host's processing lists (`SCAN` by the reaper).
     public static let processingPattern = "tworker:processing:*"

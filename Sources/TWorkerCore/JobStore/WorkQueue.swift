@@ -48,17 +48,15 @@ public struct WorkQueue: Sendable {
         public var raw: [UInt8]
     }
 
-    /// How long one wait for a wake-up lasts before the queues are looked at again: a push by
-    /// a Resque client (pyres, `RPUSH` by hand) adds nothing to the wake stream, so this bounds
-    /// how late it is seen. See README "Queue lists" for what it costs an idle worker.
+    /// How long an idle worker waits before it looks at its queues again: this bounds how late a
+    /// push by any client is seen. See README "Queue lists" for what it costs an idle worker.
     public static let pollInterval: Duration = .milliseconds(40)
 
     /// The fetch: LMOVE from the first non-empty queue in priority order (`*` expands to every
     /// queue in `<ns>:queues`, sorted) into the processing list, all in one step, so priority is
     /// strict and a SIGKILL finds the job either in its queue or in the processing list. The
     /// job's record notes the queue (a requeue after a crash puts it back there). When every
-    /// queue is empty it returns the wake stream's last id instead: a push after this script
-    /// adds an entry after that id, so the wait that follows cannot miss it.
+    /// queue is empty it returns `{'empty'}`.
     static let takeScript = """
     local seen = {}
     local function take(name)
@@ -91,15 +89,13 @@ public struct WorkQueue: Sendable {
         if taken then return taken end
       end
     end
-    local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
-    if last[1] then return {'empty', last[1][1]} end
-    return {'empty', '0-0'}
+    return {'empty'}
     """
 
     /// Takes the next job into the processing list; nil when every queue stayed empty for
     /// `block` (nil: do not wait at all, burst mode).
     public func take(block: Duration?, retention: Int = 604_800) async throws -> Taken? {
-        let command = ["EVAL", Self.takeScript, "3", processingKey, keys.queues, keys.queueWake,
+        let command = ["EVAL", Self.takeScript, "2", processingKey, keys.queues,
                        keys.queue(""), keys.job(""), String(retention)] + queues.names
         let deadline = block.map { ContinuousClock.now + $0 }
         while true {
@@ -108,7 +104,7 @@ public struct WorkQueue: Sendable {
             if parts.count == 3, parts[0].string == "job", let queue = parts[1].string, case .bulk(let raw) = parts[2] {
                 return Taken(queue: queue, raw: raw)
             }
-            guard parts.count == 2, parts[0].string == "empty" else {
+            guard parts.count == 1, parts[0].string == "empty" else {
                 throw RedisError.server("unexpected reply to taking a job: \(reply)")
             }
             guard let deadline else { return nil }
@@ -124,11 +120,6 @@ public struct WorkQueue: Sendable {
     /// `take` without the queue.
     public func fetch(block: Duration?) async throws -> [UInt8]? {
         try await take(block: block)?.raw
-    }
-
-    /// The command that wakes idle workers after a push onto `queue`; goes with the push.
-    public static func wakeCommand(_ keys: RedisKeys, queue: String) -> [String] {
-        ["XADD", keys.queueWake, "MAXLEN", "~", "100", "*", "queue", queue]
     }
 
     /// What the processing list holds: jobs this worker took but never finished.
@@ -155,8 +146,7 @@ public struct WorkQueue: Sendable {
 
     /// The same with binary-safe commands (log entries).
     public func requeue(_ raw: [UInt8], as replacement: [UInt8], binary commands: [[[UInt8]]]) async throws {
-        try await commitRemoving(raw, commands: [[Array("LPUSH".utf8), Array(queueKey.utf8), replacement],
-                                                 JobStore.bytes(Self.wakeCommand(keys, queue: queue))] + commands)
+        try await commitRemoving(raw, commands: [[Array("LPUSH".utf8), Array(queueKey.utf8), replacement]] + commands)
     }
 
     /// Files a job that cannot run in Resque's failed queue.
