@@ -86,9 +86,11 @@ public final class Heartbeat: Sendable {
 
     private func beat() async {
         do {
-            _ = try await redis.pipeline(commands())
+            // Checked: an error reply (READONLY after a failover, OOM) is a missed beat too.
+            _ = try await redis.checkedPipeline(commands())
         } catch {
-            // A missed beat is harmless; the next one retries. Logged at debug to keep an outage's log short.
+            // A missed beat is harmless: every beat writes the whole current state, so the next
+            // one (at most an interval later) repairs it. Debug level keeps an outage's log short.
             logger.debug("heartbeat not written", metadata: ["error": "\(error)"])
         }
     }
