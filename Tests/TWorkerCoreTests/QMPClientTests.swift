@@ -172,6 +172,12 @@ final class FakeQMPPeer: Sendable {
         #expect(ContinuousClock.now - started < .seconds(3))
     }
 
+    @Test func anHMPFailureCountsAsAnErrorInTheVMCommandMetric() {
+        #expect(QMPClient.outcome(of: "human-monitor-command", reply: .string("Error: Snapshot 'x' does not exist\r\n")) == "error")
+        #expect(QMPClient.outcome(of: "human-monitor-command", reply: .string("")) == "ok")
+        #expect(QMPClient.outcome(of: "stop", reply: .object([:])) == "ok")
+    }
+
     @Test func humanMonitorTextIsAnErrorOnlyWhenItSaysSo() {
         #expect(QMPClient.humanMonitorFailure("") == nil)
         #expect(QMPClient.humanMonitorFailure("VM status: running\r\n") == nil)

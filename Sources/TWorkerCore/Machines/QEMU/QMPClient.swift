@@ -67,7 +67,8 @@ public final class QMPClient: Sendable {
             let reply = try await perform(command) { channel in
                 try channel.roundTrip(command, arguments: arguments, deadline: deadline, timeout: timeout)
             }
-            WorkerObservations.record(.vmCommand, labels: ["command": name, "outcome": "ok"], duration: ContinuousClock.now - started)
+            WorkerObservations.record(.vmCommand, labels: ["command": name, "outcome": Self.outcome(of: command, reply: reply)],
+                                      duration: ContinuousClock.now - started)
             return reply
         } catch {
             let outcome = ContinuousClock.now >= deadline ? "timeout" : "error"
@@ -88,6 +89,12 @@ public final class QMPClient: Sendable {
             throw QMPError.humanMonitor(commandLine: commandLine, message: message)
         }
         return text
+    }
+
+    /// A reply's outcome for `tworker_vm_commands_total`: HMP answers its own failures as text in
+    /// a successful QMP reply (`humanMonitor` throws on it), so that text counts as an error.
+    public static func outcome(of command: String, reply: JSONValue) -> String {
+        command == "human-monitor-command" && reply.stringValue.flatMap(humanMonitorFailure) != nil ? "error" : "ok"
     }
 
     /// The failure message in an HMP command's output, or nil when the output is not an error.
