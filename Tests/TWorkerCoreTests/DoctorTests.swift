@@ -291,7 +291,12 @@ final class FakeDoctorHost: DoctorProbing {
         #expect(try Self.check(report, "base").status == .fail, "no base image file")
         let vm = try Self.check(report, "vm.worker-1")
         #expect(vm.status == .fail && vm.fix == "tworker vms import", "\(vm)")
-        #expect(!report.checks.contains { $0.name == "vboxmanage" || $0.name.hasPrefix("port.") })
+        #expect(!report.checks.contains { $0.name == "vboxmanage" })
+        #expect(try Self.check(report, "port.worker-1").status == .ok)
+        host.update { $0.takenPorts = [2221] }
+        let taken = try Self.check(await Self.run(config, host), "port.worker-1")
+        #expect(taken.status == .fail && taken.detail.hasPrefix("127.0.0.1:2221 is in use by another process"), "no qemu of ours runs: \(taken)")
+        host.update { $0.takenPorts = [] }
 
         let kvmConfig = Self.config(.qemu) { $0.qemu.accel = .kvm }
         #expect(try Self.check(await Self.run(kvmConfig, host), "accel").status == .fail)
@@ -427,5 +432,62 @@ enum DoctorTestsSupport {
         #expect(try setup.binary(from: directory + "/built", to: directory + "/prefix/bin/tworker").changed, "a new build replaces it")
         var info = stat()
         #expect(stat(directory + "/prefix/bin/tworker", &info) == 0 && info.st_mode & 0o777 == 0o755)
+    }
+}
+
+@Suite struct DoctorAccountTests {
+    /// A root doctor for a config with a real account: root's own entry stands in (uid 0 passes everything), so
+    /// this uses `nobody`, which exists on every Debian host.
+    static func config(_ change: (inout WorkerConfig) -> Void = { _ in }) -> WorkerConfig {
+        DoctorTests.config(.local) { config in
+            config.user = "nobody"
+            config.redis.url = "embedded"
+            change(&config)
+        }
+    }
+
+    static func host(_ change: (inout FakeDoctorHost.State) -> Void = { _ in }) -> FakeDoctorHost {
+        FakeDoctorHost { state in
+            state.euid = 0
+            state.programs = ["bash": "/bin/bash", "redis-server": "/usr/bin/redis-server"]
+            state.files = [
+                "/srv": FileFacts(uid: 0, gid: 0, mode: 0o755, isDirectory: true),
+                "/srv/tworker": FileFacts(uid: 0, gid: 0, mode: 0o755, isDirectory: true),
+            ]
+            change(&state)
+        }
+    }
+
+    @Test func aDirectoryAboveStateDirClosedToTheBuildUserFailsWithChmod() async throws {
+        let report = await DoctorTests.run(Self.config(), Self.host { $0.files["/srv/tworker"]?.mode = 0o700 })
+        let stateDir = try DoctorTests.check(report, "state_dir")
+        #expect(stateDir.status == .fail && stateDir.fix == "chmod o+x /srv/tworker, or move state_dir", "\(stateDir)")
+        #expect(try DoctorTests.check(report, "user").status == .ok)
+    }
+
+    @Test func aStateDirTheMasterHasNotOpenedYetOnlyWarnsAndTheSocketFollowsTheMaster() async throws {
+        let socket = DoctorTests.stateDir + "/redis/redis.sock"
+        let host = Self.host { state in
+            state.files[DoctorTests.stateDir] = FileFacts(uid: 0, gid: 0, mode: 0o700, isDirectory: true)
+            state.files[DoctorTests.stateDir + "/redis"] = FileFacts(uid: 0, gid: 0, mode: 0o700, isDirectory: true)
+            state.files[socket] = FileFacts(uid: 0, gid: 0, mode: 0o700, isDirectory: false)
+        }
+        let report = await DoctorTests.run(Self.config(), host)
+        #expect(try DoctorTests.check(report, "state_dir").status == .warn, "tworker start as root opens it")
+        #expect(try DoctorTests.check(report, "redis.socket").status == .warn)
+        host.update { $0.master = 99 }
+        let running = await DoctorTests.run(Self.config(), host)
+        let socketCheck = try DoctorTests.check(running, "redis.socket")
+        #expect(socketCheck.status == .fail && socketCheck.fix?.contains("tworker restart") == true, "a running master should have opened it: \(socketCheck)")
+
+        let nobody = try #require(getpwnam("nobody")?.pointee)
+        host.update { state in
+            state.files[DoctorTests.stateDir] = FileFacts(uid: 0, gid: nobody.pw_gid, mode: 0o750, isDirectory: true)
+            state.files[DoctorTests.stateDir + "/redis"] = FileFacts(uid: 0, gid: nobody.pw_gid, mode: 0o750, isDirectory: true)
+            state.files[socket] = FileFacts(uid: 0, gid: nobody.pw_gid, mode: 0o770, isDirectory: false)
+        }
+        let opened = await DoctorTests.run(Self.config(), host)
+        #expect(try DoctorTests.check(opened, "state_dir").status == .ok)
+        #expect(try DoctorTests.check(opened, "redis.socket").status == .ok)
     }
 }

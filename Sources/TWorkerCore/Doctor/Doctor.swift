@@ -132,6 +132,10 @@ public struct Doctor: Sendable {
         }
         let what = blocked.map { "\($0) (mode \(Self.octal(probes.file($0)?.mode ?? 0))) is closed to \(account.user)" }
             ?? "\(socket) (mode \(Self.octal(facts.mode)), gid \(facts.gid)) is not writable by \(account.user)"
+        // The master opens up state_dir and its redis/ directory; anything above is the operator's.
+        if let blocked, !(blocked + "/").hasPrefix(config.stateDir + "/") {
+            return .fail(name, what, fix: "chmod o+x \(blocked), or move state_dir")
+        }
         if probes.masterPID(stateDir: config.stateDir) != nil {
             return .fail(name, what, fix: "restart the master as root (tworker restart): it gives the socket to the workers' group")
         }
@@ -320,25 +324,29 @@ public struct Doctor: Sendable {
         return checks
     }
 
-    /// Worker N's SSH port: free, or held by one of our running VMs (VirtualBox's NAT listens
-    /// there while the VM runs); anything else would take the VM's SSH away.
+    /// Worker N's SSH port under VirtualBox: its VM must forward it, and it must be free or
+    /// held by one of our running VMs (VirtualBox's NAT listens there while the VM runs).
     func portCheck(_ number: Int, infos: [Int: MachineReadable]) -> DoctorCheck {
-        let name = "port.worker-\(number)"
         let port = config.ssh.portBase + number
-        let address = "\(config.ssh.host):\(port)"
         if let rules = infos[number]?.forwardingRules, !rules.isEmpty, !rules.contains(where: { $0.hostPort == port }) {
             let ports = rules.map { String($0.hostPort) }.joined(separator: ", ")
-            return .fail(name, "\(config.vms.namePrefix)worker-\(number) forwards \(ports), not \(port) (ssh.port_base + \(number))",
+            return .fail("port.worker-\(number)", "\(config.vms.namePrefix)worker-\(number) forwards \(ports), not \(port) (ssh.port_base + \(number))",
                          fix: "set ssh.port_base back, or rebuild the VMs for the new one (tworker vms rebuild)")
         }
-        guard probes.portInUse(host: config.ssh.host, port: port) else { return .ok(name, "\(address) free") }
         let running: Set<String> = ["running", "paused", "starting", "stopping", "restoring", "saving"]
         let owner = infos.sorted { $0.key < $1.key }.first { _, info in
             running.contains(info.state ?? "") && info.forwardingRules.contains { $0.hostPort == port }
         }
-        if let owner {
-            return .ok(name, "\(address) held by \(config.vms.namePrefix)worker-\(owner.key) (\(owner.value.state ?? "running"))")
-        }
+        return portCheck(number, heldBy: owner.map { "\(config.vms.namePrefix)worker-\($0.key) (\($0.value.state ?? "running"))" })
+    }
+
+    /// `ssh.port_base + N`: free, or held by `owner` (our own VM); anything else takes the VM's SSH away.
+    func portCheck(_ number: Int, heldBy owner: String?) -> DoctorCheck {
+        let name = "port.worker-\(number)"
+        let port = config.ssh.portBase + number
+        let address = "\(config.ssh.host):\(port)"
+        guard probes.portInUse(host: config.ssh.host, port: port) else { return .ok(name, "\(address) free") }
+        if let owner { return .ok(name, "\(address) held by \(owner)") }
         return .fail(name, "\(address) is in use by another process; \(config.vms.namePrefix)worker-\(number)'s SSH forward cannot bind it",
                      fix: "stop whatever listens there (ss -ltnp 'sport = :\(port)'), or move ssh.port_base")
     }
@@ -350,7 +358,7 @@ public struct Doctor: Sendable {
         let base = QEMUBaseImage(configured: configured, stateDir: config.stateDir)
         let current = base.current
         guard let facts = probes.file(current), !facts.isDirectory else {
-            return .fail("base", "\(current) does not exist", fix: "build it (boxes/qemu/) or set vms.base_image")
+            return .fail("base", "\(current) does not exist", fix: "set vms.base_image to an existing qcow2 disk (README: The qemu provider; boxes/qemu/build-test-image makes a small one)")
         }
         return .ok("base", current == configured ? "vms.base_image \(current)" : "\(current) (provisioned from \(configured))")
     }
@@ -360,10 +368,13 @@ public struct Doctor: Sendable {
         guard qemuImg else { return numbers.map { .skipped("vm.worker-\($0)", "needs qemu-img") } }
         let provider = QEMUProvider(config: config, logger: logger, runner: probes)
         var checks: [DoctorCheck] = []
+        var ports: [DoctorCheck] = []
         for number in numbers {
             let name = "vm.worker-\(number)"
             do {
                 let machine = try provider.qemuMachine(named: "worker-\(number)")
+                // qemu's user network listens on the port while the VM runs.
+                ports.append(portCheck(number, heldBy: machine.pid.map { "\(machine.vmName)'s qemu (pid \($0))" }))
                 if try await machine.hasSandbox() {
                     checks.append(.ok(name, "\(machine.overlay), snapshot \(QEMUProvider.sandboxSnapshot)"))
                 } else {
@@ -374,7 +385,7 @@ public struct Doctor: Sendable {
                 checks.append(.fail(name, "\(error)", fix: "tworker vms remove worker-\(number) --yes && tworker vms import"))
             }
         }
-        return checks
+        return checks + ports
     }
 
     // MARK: - Disk
@@ -417,9 +428,13 @@ public struct Doctor: Sendable {
             }
             return (.ok("user", "workers run as \(account.user) (uid \(account.uid), gid \(account.gid))"), account)
         } catch {
-            let fix = error.description.contains("does not exist")
-                ? "tworker setup creates it (or useradd/groupadd it yourself)"
-                : "set user (and group) to the account builds run as"
+            let fix = if error.description.contains("does not exist") {
+                "tworker setup creates it (or useradd/groupadd it yourself)"
+            } else if error.description.contains("only when the master runs as root") {
+                "run the master, and doctor, as root (the service does)"
+            } else {
+                "set user (and group) to the account builds run as"
+            }
             return (.fail("user", error.description, fix: fix), nil)
         }
     }
