@@ -71,6 +71,7 @@ struct Setup: AsyncParsableCommand {
             }
         } catch let failure as HostSetup.Failure {
             print("FAIL    \(failure.step.padding(toLength: 9, withPad: " ", startingAt: 0))\(failure.description)")
+            if geteuid() != 0 { print("        tworker setup changes accounts and system directories: run it as root") }
             throw ExitCode.failure
         }
         print("")

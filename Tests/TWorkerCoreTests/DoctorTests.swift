@@ -15,6 +15,7 @@ final class FakeDoctorHost: DoctorProbing {
         var files: [String: FileFacts] = [:]
         var space: (available: UInt64, total: UInt64) = (100 << 30, 200 << 30)
         var takenPorts: Set<Int> = []
+        var unwritable: Set<String> = []
         var master: pid_t?
         var kvm = false
         var euid: uid_t = 1000
@@ -49,6 +50,7 @@ final class FakeDoctorHost: DoctorProbing {
 
     func redis(_ endpoint: RedisEndpoint) async throws -> RedisFacts { try state.withLock { $0.redis }.get() }
     func file(_ path: String) -> FileFacts? { state.withLock { $0.files[path] } }
+    func canWrite(_ path: String) -> Bool { state.withLock { !$0.unwritable.contains(path) } }
     func diskSpace(_ path: String) -> (available: UInt64, total: UInt64)? { state.withLock { $0.space } }
     func portInUse(host: String, port: Int) -> Bool { state.withLock { $0.takenPorts.contains(port) } }
     func masterPID(stateDir: String) -> pid_t? { state.withLock { $0.master } }
@@ -223,6 +225,13 @@ final class FakeDoctorHost: DoctorProbing {
         let socket = "\(Self.stateDir)/redis/redis.sock"
         let running = try Self.check(await Self.run(config, Self.healthyHost { $0.files[socket] = FileFacts(uid: 0, gid: 0, mode: 0o770, isDirectory: false) }), "redis")
         #expect(running.detail == "embedded redis-server at \(socket) reachable (role master, 7.0.15)")
+
+        let closed = try Self.check(await Self.run(config, Self.healthyHost { state in
+            state.files[socket] = FileFacts(uid: 0, gid: 0, mode: 0o770, isDirectory: false)
+            state.unwritable = [socket]
+            state.redis = .failure(.connectionFailed("Permission denied"))
+        }), "redis")
+        #expect(closed.status == .warn && closed.fix == "run doctor as root (or as the build user)", "not the server's fault: \(closed)")
     }
 
     @Test func aWorkerVMMissingOrWithoutItsSnapshotFails() async throws {

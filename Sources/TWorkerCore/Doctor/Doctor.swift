@@ -79,7 +79,11 @@ public struct Doctor: Sendable {
         }
         let socket = EmbeddedRedis.socketPath(stateDir: config.stateDir)
         var checks: [DoctorCheck] = []
-        if probes.file(socket) != nil {
+        if probes.file(socket) != nil, !probes.canWrite(socket) {
+            // The socket is the master's and its workers' group's (0770): not ours to ask.
+            checks.append(.warn("redis", "cannot ask the embedded redis-server: \(socket) is closed to uid \(probes.euid)",
+                                fix: "run doctor as root (or as the build user)"))
+        } else if probes.file(socket) != nil {
             // A server runs (or a dead one left its socket): ask it.
             do {
                 // Parsing a unix:// URL of an absolute path cannot fail.

@@ -38,6 +38,8 @@ public protocol DoctorProbing: ProgramRunning {
     func redis(_ endpoint: RedisEndpoint) async throws -> RedisFacts
     /// nil: no such file (or it cannot be reached).
     func file(_ path: String) -> FileFacts?
+    /// Whether this process may write `path` (access(2): a unix socket needs it to connect).
+    func canWrite(_ path: String) -> Bool
     /// Bytes available to unprivileged users and the filesystem's size, of the filesystem holding `path`.
     func diskSpace(_ path: String) -> (available: UInt64, total: UInt64)?
     /// True when something listens on (or holds) `host:port`, so a VM's NAT rule could not bind it.
@@ -87,6 +89,8 @@ public struct SystemDoctorProbes: DoctorProbing {
         guard stat(path, &info) == 0 else { return nil }
         return FileFacts(uid: info.st_uid, gid: info.st_gid, mode: info.st_mode & 0o7777, isDirectory: (info.st_mode & S_IFMT) == S_IFDIR)
     }
+
+    public func canWrite(_ path: String) -> Bool { access(path, W_OK) == 0 }
 
     public func diskSpace(_ path: String) -> (available: UInt64, total: UInt64)? {
         var info = statvfs()
