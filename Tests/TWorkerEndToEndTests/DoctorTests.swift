@@ -11,6 +11,10 @@ struct DoctorEndToEndTests {
     static let rootConfig = geteuid() == 0 ? "allow_root: true\n" : ""
 
     /// `name status` of every human line.
+    static func onPath(_ name: String) -> Bool {
+        (try? ProgramLocator().locate(Program(name: name, remedy: ""))) != nil
+    }
+
     static func lines(_ output: String) -> [(status: String, name: String, line: String)] {
         output.split(separator: "\n").map(String.init).map { line in
             let fields = line.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: true).map(String.init)
@@ -98,6 +102,44 @@ struct DoctorEndToEndTests {
             let vm = try #require(Self.line(result.out, "vm.worker-1"), "\(result.out)")
             #expect(vm.line == "FAIL vm.worker-1 \(PathHost.prefix)worker-1 (poweroff) has no snapshot sandbox fix: tworker vms remove worker-1 --yes && tworker vms import",
                     "\(result.out)")
+        }
+    }
+
+    /// The qemu provider's checks with the real qemu-system-x86_64 and qemu-img: a worker
+    /// without its overlay fails; an overlay holding a `sandbox` snapshot passes.
+    @Test(.enabled(if: Self.onPath("qemu-img") && Self.onPath("qemu-system-x86_64"), "needs qemu"))
+    func qemuHostWithRealQEMUPrograms() async throws {
+        let portBase = try VirtualBoxHost.freePortBase(count: 2)
+        try await TestHost.with(config: Self.rootConfig) { host in
+            let base = host.directory.path + "/base.qcow2"
+            let made = try await WorkersAsUserTests.run("/usr/bin/env", ["qemu-img", "create", "-q", "-f", "qcow2", base, "16M"])
+            try #require(made.status == 0, "\(made.output)")
+            let key = host.directory.path + "/id_ed25519"
+            try "not a real key: doctor reads its mode and owner\n".write(toFile: key, atomically: true, encoding: .utf8)
+            chmod(key, 0o600)
+            try "provider: qemu\nvms:\n  count: 1\n  base_image: \(base)\nssh:\n  key: \(key)\n  port_base: \(portBase)\nqemu:\n  accel: tcg\n"
+                .write(toFile: host.configDir + "/worker.yml", atomically: true, encoding: .utf8)
+
+            let missing = try await host.cli(["doctor", "--env", "test", "--config-dir", host.configDir])
+            #expect(missing.status == 1, "\(missing.out)")
+            #expect(Self.line(missing.out, "qemu")?.line.contains(#/ok qemu /\S+/qemu-system-x86_64 \(QEMU emulator version \d/#) == true, "\(missing.out)")
+            #expect(Self.line(missing.out, "qemu-img")?.line.contains(#/ok qemu-img /\S+/qemu-img \(qemu-img version \d/#) == true, "\(missing.out)")
+            #expect(Self.line(missing.out, "accel")?.line == "ok accel tcg (qemu.accel)" || Self.line(missing.out, "accel")?.line.hasPrefix("ok accel tcg (qemu.accel);") == true,
+                    "\(missing.out)")
+            #expect(Self.line(missing.out, "base")?.line == "ok base vms.base_image \(base)", "\(missing.out)")
+            let overlay = host.stateDir + "/qemu/worker-1/disk.qcow2"
+            #expect(Self.line(missing.out, "vm.worker-1")?.line == "FAIL vm.worker-1 \(overlay) missing or without snapshot sandbox fix: tworker vms import",
+                    "\(missing.out)")
+            #expect(Self.line(missing.out, "port.worker-1")?.line == "ok port.worker-1 127.0.0.1:\(portBase + 1) free", "\(missing.out)")
+
+            try FileManager.default.createDirectory(atPath: host.stateDir + "/qemu/worker-1", withIntermediateDirectories: true)
+            let overlaid = try await WorkersAsUserTests.run("/usr/bin/env", ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, overlay])
+            try #require(overlaid.status == 0, "\(overlaid.output)")
+            let snapshot = try await WorkersAsUserTests.run("/usr/bin/env", ["qemu-img", "snapshot", "-c", "sandbox", overlay])
+            try #require(snapshot.status == 0, "\(snapshot.output)")
+            let ready = try await host.cli(["doctor", "--env", "test", "--config-dir", host.configDir])
+            #expect(ready.status == 0, "\(ready.out)")
+            #expect(Self.line(ready.out, "vm.worker-1")?.line == "ok vm.worker-1 \(overlay), snapshot sandbox", "\(ready.out)")
         }
     }
 
