@@ -121,54 +121,12 @@ struct ServiceInstall: AsyncParsableCommand {
     /// Writes every file, or none when one of them exists with other content and there is no
     /// --force. False when all were already identical (their mode is still fixed).
     private func install(_ files: [(path: String, text: String, mode: Int)], directories: [String]) throws -> Bool {
-        let manager = FileManager.default
-        var changed = false
-        for file in files {
-            guard manager.fileExists(atPath: file.path) else {
-                changed = true
-                continue
-            }
-            guard let existing = manager.contents(atPath: file.path) else {
-                guard force else {
-                    printError("cannot read \(file.path) to compare it; left unchanged (use --force to overwrite)")
-                    throw ExitCode.failure
-                }
-                changed = true
-                continue
-            }
-            if existing != Data(file.text.utf8) {
-                guard force else {
-                    printError("\(file.path) exists and differs from what would be written; left unchanged (use --force to overwrite, --print to compare)")
-                    throw ExitCode.failure
-                }
-                changed = true
-            }
-        }
         do {
-            for directory in directories {
-                try manager.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            }
-            for file in files {
-                let data = Data(file.text.utf8)
-                if manager.contents(atPath: file.path) != data {
-                    try data.write(to: URL(fileURLWithPath: file.path), options: .atomic)
-                }
-                try manager.setAttributes([.posixPermissions: file.mode], ofItemAtPath: file.path)
-            }
+            return try FileInstall.install(files.map { FileInstall.File(path: $0.path, text: $0.text, mode: $0.mode) },
+                                           directories: directories, force: force)
         } catch {
-            printError("cannot write the service files: \(Self.describe(error)); run as root, or use --print")
+            printError(error.description.hasPrefix("cannot write ") ? "cannot write the service files: " + error.description.dropFirst("cannot write ".count) + ", or use --print" : error.description)
             throw ExitCode.failure
         }
-        return changed
-    }
-
-    private static func describe(_ error: any Error) -> String {
-        let nsError = error as NSError
-        if let path = nsError.userInfo[NSFilePathErrorKey] as? String,
-           let underlying = nsError.userInfo[NSUnderlyingErrorKey] as? NSError, underlying.domain == NSPOSIXErrorDomain,
-           let code = POSIXErrorCode(rawValue: Int32(underlying.code)) {
-            return "\(path): \(String(cString: strerror(code.rawValue)))"
-        }
-        return nsError.localizedDescription
     }
 }

@@ -35,6 +35,9 @@ public struct Program: Sendable, Equatable, CustomStringConvertible {
     public static let git = Program(name: "git", remedy: "install git")
     public static let tar = Program(name: "tar", remedy: "install tar")
     public static let redisServer = Program(name: "redis-server", remedy: "install redis-server or set redis.url to an existing server")
+    public static let useradd = Program(name: "useradd", remedy: "install passwd (useradd, groupadd)")
+    public static let groupadd = Program(name: "groupadd", remedy: "install passwd (useradd, groupadd)")
+    public static let sshKeygen = Program(name: "ssh-keygen", remedy: "install the ssh client (openssh-client)")
 
     /// A host-side hook (`hooks.before_job`, `hooks.after_job`): an executable at `path`.
     public static func hook(_ path: String, key: String) -> Program {

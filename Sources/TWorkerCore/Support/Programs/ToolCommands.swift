@@ -60,6 +60,30 @@ extension ProgramCommand {
         ], capturesOutput: false)
     }
 
+    // MARK: - host setup (`tworker setup`)
+
+    /// A group of its own for the build user: `groupadd --system NAME`.
+    public static func groupadd(_ name: String) -> ProgramCommand {
+        ProgramCommand(.groupadd, arguments: ["--system", name], timeout: .seconds(60))
+    }
+
+    /// The build user: a login shell (builds run commands as it) and a home of its own (HOME
+    /// for its builds); `group` as its primary group, else a group of its own name.
+    public static func useradd(_ name: String, group: String?) -> ProgramCommand {
+        let grouping = group.map { ["--gid", $0] } ?? ["--user-group"]
+        return ProgramCommand(.useradd, arguments: ["--create-home", "--shell", "/bin/bash"] + grouping + [name], timeout: .seconds(60))
+    }
+
+    /// An ed25519 key pair without a passphrase at `path` (and `path.pub`).
+    public static func sshKeygen(path: String, comment: String) -> ProgramCommand {
+        ProgramCommand(.sshKeygen, arguments: ["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path], timeout: .seconds(60))
+    }
+
+    /// A program's version line (`VBoxManage --version`, `qemu-img --version`, `ssh -V`).
+    public static func version(of program: Program, tool: String? = nil, flag: String = "--version") -> ProgramCommand {
+        ProgramCommand(program, tool: tool, arguments: [flag], timeout: .seconds(15), outputLimit: 1 << 16)
+    }
+
     // MARK: - bash
 
     /// A local build: `shell` runs the script file with exactly the build's environment.
