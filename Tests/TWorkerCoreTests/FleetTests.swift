@@ -203,5 +203,8 @@ struct FleetTests {
         #expect(commands.last == ["systemctl", "enable", "--now", "tworker.service"])
         #expect(text.contains("  - path: /usr/local/sbin/tworker-update\n"))
         #expect(text.contains("    permissions: '0755'\n"))
+        // Every file's last line is in its block (a text without a final newline once lost it).
+        #expect(text.contains("      say \"installed tworker $version from $release\"\n"))
+        #expect(text.contains("      WantedBy=multi-user.target\n"))
     }
 }

@@ -183,7 +183,9 @@ public struct CloudInit: Sendable, Equatable {
             lines.append("    owner: root:root")
             lines.append("    permissions: '\(file.permissions)'")
             lines.append("    content: |")
-            for line in file.content.split(separator: "\n", omittingEmptySubsequences: false).dropLast() {
+            // A literal block: every line indented; the text's own last newline ends it.
+            let content = file.content.hasSuffix("\n") ? file.content : file.content + "\n"
+            for line in content.split(separator: "\n", omittingEmptySubsequences: false).dropLast() {
                 lines.append(line.isEmpty ? "" : "      " + line)
             }
         }

@@ -90,5 +90,6 @@ extension CloudInit {
             [ "$old" = "$dest" ] || rm -rf "$old"
         done
         say "installed tworker $version from $release"
+
         """#
 }
