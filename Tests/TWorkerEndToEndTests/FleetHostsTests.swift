@@ -128,13 +128,17 @@ struct FleetHostsTests {
             #expect(try await host.record(afterRestart)["host"] == "otherhost")
 
             // Undrained (and otherhost drained), testhost takes jobs again.
-            #expect(try await host.control(["undrain", "testhost"]).status == 0)
-            #expect(try await host.control(["drain", "otherhost"]).status == 0)
+            let undrained = try await host.control(["undrain", "testhost"])
+            #expect(undrained.status == 0 && undrained.out.contains("undrained testhost"), "\(undrained.err)")
+            // --wait: until otherhost's worker has seen its drain, so only testhost can take the next job.
+            #expect(try await host.control(["drain", "otherhost", "--wait", "--timeout", "20"]).status == 0)
+            #expect(await first.waitForWorkers(2, state: "idle"), "testhost's workers take jobs again")
+            let masterSaysUndrained = await eventually(timeout: .seconds(5)) { first.status()?.draining == false }
+            #expect(masterSaysUndrained, "the master notices the undrain at its next beat")
             let back = try await host.push(script: ["echo back >> \(marks)"])
             let ranBack = try await eventually(timeout: .seconds(15)) { try await host.record(back)["state"] == "passed" }
             #expect(ranBack, "\(first.output)")
             #expect(try await host.record(back)["host"] == "testhost")
-            #expect(first.status()?.draining == false)
             let undrainAll = try await host.control(["undrain", "--all"])
             #expect(undrainAll.out.contains("undrained otherhost"), "\(undrainAll.out)")
             #expect(try await FleetView.drainedHosts(redis: host.redis).isEmpty)
