@@ -7,7 +7,8 @@ struct Drain: AsyncParsableCommand {
         abstract: "Drain a host: its workers finish their running jobs and take no new ones.",
         discussion: """
         Sets tworker:drain:<host> in Redis, so it works from any machine with the Redis config and \
-        outlasts a restart of the host's master; `tworker undrain HOST` ends it. The host's master \
+        outlasts a restart of the host's master; `tworker undrain HOST` ends it. It returns once every \
+        idle worker there shows `draining` (up to 10 s), so no job starts there afterwards. The host's master \
         says so in `status`, `/health` (503, "host drained") and `tworker hosts`. --wait blocks \
         until no job runs on the host(s) and none can start ("drain, wait, reboot"). Exit codes: \
         0 done; 1 unknown host (without --force), Redis unreachable, or --wait timed out; 64 usage error.
@@ -49,6 +50,11 @@ struct Drain: AsyncParsableCommand {
                 return
             }
             try await drain.drain(targets)
+            // Returning only once no worker there is idle means no job starts there after this command.
+            let unacknowledged = try await drain.waitForAcknowledgement(of: targets)
+            for host in unacknowledged {
+                printError("warning: workers of \(host) still say idle 10 s after the drain; do they run a tworker that knows drains (`tworker hosts` shows versions)?")
+            }
             print("drained \(targets.joined(separator: ", ")): running jobs finish, no new ones start")
             guard wait else { return }
             let limit = timeout ?? (config.timeouts.hardLimit + 60)

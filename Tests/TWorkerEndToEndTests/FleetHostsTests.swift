@@ -84,7 +84,8 @@ struct FleetHostsTests {
             let drain = try await host.control(["drain", "testhost"])
             #expect(drain.status == 0, "\(drain.err)")
             #expect(drain.out.contains("drained testhost"))
-            try await Task.sleep(for: .milliseconds(500))
+            // Once `drain` returns, its idle worker says so: the queue can be filled at once.
+            #expect(try await Self.view(host)["testhost"]?.workersByState == ["busy": 1, "draining": 1])
             var shorts: [String] = []
             for number in 1...3 { shorts.append(try await host.push(script: ["echo short-\(number) >> \(marks)"])) }
             // --wait returns once the long job is done and no testhost worker can take a job.

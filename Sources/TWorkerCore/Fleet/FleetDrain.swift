@@ -61,6 +61,21 @@ public struct FleetDrain: Sendable {
         return targets
     }
 
+    /// Waits until no live worker of `hosts` is `idle`: an idle worker polls the queue for up to a
+    /// second between its looks at the drain key, so until it says `draining` it could still take
+    /// a job. Returns the hosts whose workers still said idle at the deadline (an old tworker there?).
+    public func waitForAcknowledgement(of hosts: [String], timeout: Duration = .seconds(10),
+                                       poll: Duration = .milliseconds(100)) async throws -> [String] {
+        let deadline = ContinuousClock.now + timeout
+        let wanted = Set(hosts)
+        while true {
+            let idle = try await FleetView.read(redis: redis)
+                .filter { wanted.contains($0.host) && $0.workers.contains { $0.state == "idle" } }.map(\.host)
+            if idle.isEmpty || ContinuousClock.now >= deadline { return idle }
+            try await Task.sleep(for: poll)
+        }
+    }
+
     /// Waits until every one of `hosts` is drained through (`FleetHost.isDrained`): no job runs
     /// there and none can start. Throws `StillRunning` at the deadline.
     public func wait(for hosts: [String], timeout: Duration, poll: Duration = .milliseconds(200),
