@@ -203,6 +203,8 @@ struct FleetTests {
         #expect(commands.last == ["systemctl", "enable", "--now", "tworker.service"])
         #expect(text.contains("  - path: /usr/local/sbin/tworker-update\n"))
         #expect(text.contains("    permissions: '0755'\n"))
+        // The config may hold the Redis password: the tworker account's only, written once that account exists.
+        #expect(text.contains("  - path: /etc/tworker/worker.yml\n    owner: root:tworker\n    permissions: '0640'\n    defer: true\n"))
         // Every file's last line is in its block (a text without a final newline once lost it).
         #expect(text.contains("      say \"installed tworker $version from $release\"\n"))
         #expect(text.contains("      WantedBy=multi-user.target\n"))

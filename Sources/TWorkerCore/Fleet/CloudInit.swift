@@ -171,17 +171,20 @@ public struct CloudInit: Sendable, Equatable {
         lines.append("    shell: /bin/bash")
         lines.append("    lock_passwd: true")
         lines.append("write_files:")
-        let files: [(path: String, permissions: String, content: String)] = [
-            (Self.configDir + "/worker.yml", "0644", workerYAML),
-            (Self.updateDefaults, "0644", updateDefaultsText),
-            (Self.updateScript, "0755", Self.updateScriptText),
-            ("/etc/systemd/system/tworker-update.service", "0644", Self.updateUnit),
-            ("/etc/systemd/system/tworker.service.d/update.conf", "0644", Self.serviceDropIn),
+        // worker.yml may hold the Redis password: readable by the tworker account only, so it is
+        // written late (`defer`), once cloud-init has created that account.
+        let files: [(path: String, owner: String, permissions: String, deferred: Bool, content: String)] = [
+            (Self.configDir + "/worker.yml", "root:\(Self.account)", "0640", true, workerYAML),
+            (Self.updateDefaults, "root:root", "0644", false, updateDefaultsText),
+            (Self.updateScript, "root:root", "0755", false, Self.updateScriptText),
+            ("/etc/systemd/system/tworker-update.service", "root:root", "0644", false, Self.updateUnit),
+            ("/etc/systemd/system/tworker.service.d/update.conf", "root:root", "0644", false, Self.serviceDropIn),
         ]
         for file in files {
             lines.append("  - path: \(file.path)")
-            lines.append("    owner: root:root")
+            lines.append("    owner: \(file.owner)")
             lines.append("    permissions: '\(file.permissions)'")
+            if file.deferred { lines.append("    defer: true") }
             lines.append("    content: |")
             // A literal block: every line indented; the text's own last newline ends it.
             let content = file.content.hasSuffix("\n") ? file.content : file.content + "\n"
