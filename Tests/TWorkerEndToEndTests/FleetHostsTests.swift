@@ -116,6 +116,12 @@ struct FleetHostsTests {
             #expect(apiHosts.first { $0["host"] as? String == "testhost" }?["draining"] as? Bool == true, "\(api.body)")
             #expect(apiHosts.first { $0["host"] as? String == "otherhost" }?["draining"] as? Bool == false)
 
+            // A pause and resume while drained leaves the workers drained, and saying so.
+            #expect(try await host.control(["pause"]).status == 0)
+            #expect(await first.waitForWorkers(2, state: "paused"))
+            #expect(try await host.control(["resume"]).status == 0)
+            #expect(await first.waitForWorkers(2, state: "draining"), "resumed workers say draining again")
+
             // A drain is Redis state: testhost's master restarted comes back drained.
             first.signal(SIGQUIT)
             #expect(await first.process.waitForExit(timeout: .seconds(20)) == 0)

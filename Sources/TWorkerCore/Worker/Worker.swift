@@ -259,23 +259,29 @@ public final class Worker: Sendable {
     /// no jobs and says so in its heartbeat. Checked at most every 250 ms, so a busy queue pays almost nothing.
     private func isHeld() async throws -> Bool {
         let now = ContinuousClock.now
-        if let known = control.withLock({ $0.state.knownHold(at: now) }) { return known != .none }
-        let replies = try await withRedisRetry(logger: logger, what: "check maintenance and drain") {
-            try await redis.pipeline([["EXISTS", keys.maintenance(vm: settings.vm)], ["EXISTS", keys.drain]])
-        }
-        let maintenance = replies.first?.int == 1
-        let drained = replies.count > 1 && replies[1].int == 1
-        let (changed, hold) = control.withLock { ($0.state.holdChecked(maintenance: maintenance, drained: drained, at: now), $0.state.hold) }
-        if changed {
-            let message = switch hold {
-            case .maintenance: "VM in maintenance: taking no jobs"
-            case .draining: "host drained: taking no jobs"
-            case .none: "maintenance or drain over: taking jobs again"
+        var hold = control.withLock { $0.state.knownHold(at: now) }
+        if hold == nil {
+            let replies = try await withRedisRetry(logger: logger, what: "check maintenance and drain") {
+                try await redis.pipeline([["EXISTS", keys.maintenance(vm: settings.vm)], ["EXISTS", keys.drain]])
             }
-            logger.info("\(message)", metadata: ["vm": "\(settings.vm)"])
-            await heartbeat.update(hold.heartbeatState)
+            let maintenance = replies.first?.int == 1
+            let drained = replies.count > 1 && replies[1].int == 1
+            let (changed, checked) = control.withLock { ($0.state.holdChecked(maintenance: maintenance, drained: drained, at: now), $0.state.hold) }
+            if changed {
+                let message = switch checked {
+                case .maintenance: "VM in maintenance: taking no jobs"
+                case .draining: "host drained: taking no jobs"
+                case .none: "maintenance or drain over: taking jobs again"
+                }
+                logger.info("\(message)", metadata: ["vm": "\(settings.vm)"])
+                if checked == .none { await heartbeat.update(.idle) }
+            }
+            hold = checked
         }
-        return hold != .none
+        guard let hold, hold != .none else { return false }
+        // Also after a resume, which set the heartbeat back to idle while the hold went on.
+        await heartbeat.updateIfChanged(hold.heartbeatState)
+        return true
     }
 
     /// While the VM is quarantined the worker takes no jobs; it returns to service once the
