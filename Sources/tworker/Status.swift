@@ -44,20 +44,26 @@ struct Status: AsyncParsableCommand {
 
     /// Reads Redis directly; never starts the embedded server just to look.
     static func fromRedis(_ config: WorkerConfig) async throws -> StatusReport {
-        let endpoint: RedisEndpoint
-        if config.redis.url == "embedded" {
-            let socket = (config.stateDir as NSString).appendingPathComponent("redis/redis.sock")
-            guard FileManager.default.fileExists(atPath: socket) else {
-                throw ControlClient.Failure.failed("no master running on this host, and the embedded redis-server is not running (\(socket)): nothing to show")
-            }
-            endpoint = try RedisEndpoint(url: "unix://" + socket)
-        } else {
-            endpoint = try RedisEndpoint(url: config.redis.url)
-        }
-        let redis = RedisConnection(endpoint: endpoint, connectTimeout: .seconds(2), commandTimeout: .seconds(5))
+        let redis = try lookupConnection(config)
         defer { redis.close() }
         return try await StatusReport.fromRedis(keys: RedisKeys(namespace: config.redis.namespace, host: config.host), redis: redis)
     }
+}
+
+/// A connection to the config's Redis for a command that only looks or flips a key (`status`
+/// without a master, `hosts`, `drain`): it never starts the embedded server.
+func lookupConnection(_ config: WorkerConfig) throws -> RedisConnection {
+    let endpoint: RedisEndpoint
+    if config.redis.url == "embedded" {
+        let socket = (config.stateDir as NSString).appendingPathComponent("redis/redis.sock")
+        guard FileManager.default.fileExists(atPath: socket) else {
+            throw ControlClient.Failure.failed("no master running on this host, and the embedded redis-server is not running (\(socket)): nothing to show")
+        }
+        endpoint = try RedisEndpoint(url: "unix://" + socket)
+    } else {
+        endpoint = try RedisEndpoint(url: config.redis.url)
+    }
+    return RedisConnection(endpoint: endpoint, connectTimeout: .seconds(2), commandTimeout: .seconds(5))
 }
 
 /// One request to the master over its control socket, failures as one line and exit 1.

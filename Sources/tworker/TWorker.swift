@@ -11,6 +11,6 @@ struct TWorker: AsyncParsableCommand {
         64 usage error; 78 configuration error.
         """,
         version: TWorkerVersion.current,
-        subcommands: [Work.self, Start.self, Stop.self, Restart.self, Pause.self, Resume.self, Status.self, Enqueue.self, JobCommand.self, Logs.self, ConfigCommand.self, Cancel.self, VMs.self, Vagrant.self, Service.self, DoctorCommand.self, Setup.self]
+        subcommands: [Work.self, Start.self, Stop.self, Restart.self, Pause.self, Resume.self, Status.self, Enqueue.self, JobCommand.self, Logs.self, ConfigCommand.self, Cancel.self, VMs.self, Vagrant.self, Service.self, Hosts.self, Drain.self, Undrain.self, Host.self, Setup.self, DoctorCommand.self]
     )
 }

@@ -228,19 +228,32 @@ import Testing
         #expect(state.mayStepBack(from: "old"))
     }
 
-    // MARK: - Maintenance
+    // MARK: - Maintenance and drain
 
     @Test func maintenanceIsReCheckedAfterItsIntervalAndChangesAreReported() {
         var state = WorkerControlState(maxConsecutiveFailures: 3)
-        #expect(state.knownMaintenance(at: t0) == nil, "never checked")
+        #expect(state.knownHold(at: t0) == nil, "never checked")
         let changes = [(false, 0), (true, 300), (true, 600), (false, 900)].map { held, ms in
-            let changed = state.maintenanceChecked(held: held, at: t0 + .milliseconds(ms))
-            return (changed, state.knownMaintenance(at: t0 + .milliseconds(ms + 100)), state.knownMaintenance(at: t0 + .milliseconds(ms + 250)))
+            let changed = state.holdChecked(maintenance: held, drained: false, at: t0 + .milliseconds(ms))
+            return (changed, state.knownHold(at: t0 + .milliseconds(ms + 100)), state.knownHold(at: t0 + .milliseconds(ms + 250)))
         }
         // Entering and leaving maintenance are reported; a look trusted for 250 ms, then stale.
         #expect(changes.map(\.0) == [false, true, false, true])
-        #expect(changes.map(\.1) == [false, true, true, false])
+        #expect(changes.map(\.1) == [WorkerHold.none, .maintenance, .maintenance, WorkerHold.none])
         #expect(changes.allSatisfy { $0.2 == nil })
-        #expect(!state.inMaintenance)
+        #expect(state.hold == .none)
+    }
+
+    @Test func aDrainHoldsTheWorkerAndMaintenanceWinsOverIt() {
+        var state = WorkerControlState(maxConsecutiveFailures: 3)
+        let steps: [(maintenance: Bool, drained: Bool)] = [(false, true), (true, true), (false, true), (false, false)]
+        let seen = steps.enumerated().map { index, step in
+            let changed = state.holdChecked(maintenance: step.maintenance, drained: step.drained, at: t0 + .seconds(index))
+            return (changed, state.hold, state.hold.heartbeatState)
+        }
+        #expect(seen.map(\.0) == [true, true, true, true])
+        #expect(seen.map(\.1) == [.draining, .maintenance, .draining, WorkerHold.none])
+        // A rebuild waits for `maintenance` in the heartbeat, so a drained host's rebuild still proceeds.
+        #expect(seen.map(\.2) == [.draining, .maintenance, .draining, .idle])
     }
 }

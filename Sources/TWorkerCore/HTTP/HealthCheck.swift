@@ -1,6 +1,7 @@
 import Foundation
 
-/// `GET /health`: healthy when Redis answers, the master is not draining, and every worker
+/// `GET /health`: healthy when Redis answers, the master is not draining (stopping, or the host
+/// drained by `tworker drain`), and every worker
 /// runs and is neither quarantined nor gone; otherwise each reason, for people and autohealers.
 public struct HealthCheck: Sendable, Equatable {
     public struct Worker: Sendable, Equatable {
@@ -19,10 +20,12 @@ public struct HealthCheck: Sendable, Equatable {
     public var healthy: Bool { reasons.isEmpty }
     public var reasons: [String]
 
-    public init(redisError: String?, draining: Bool, workers: [Worker]) {
+    /// `draining`: the master is stopping; `drained`: an operator drained the host (`tworker drain`).
+    public init(redisError: String?, draining: Bool, drained: Bool = false, workers: [Worker]) {
         var reasons: [String] = []
         if let redisError { reasons.append("Redis unreachable: \(redisError)") }
         if draining { reasons.append("master draining") }
+        if drained { reasons.append("host drained (tworker undrain)") }
         for worker in workers.sorted(by: { $0.vm.localizedStandardCompare($1.vm) == .orderedAscending }) {
             if let broken = worker.brokenReason {
                 reasons.append("\(worker.vm) broken: \(broken)")

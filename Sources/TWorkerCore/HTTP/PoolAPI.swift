@@ -75,7 +75,7 @@ public struct PoolAPI: Sendable {
             HealthCheck.Worker(vm: worker.vm, alive: worker.pid != nil && !["gone", "stopped", "restarting"].contains(worker.state),
                                brokenReason: brokenReasons[worker.vm] ?? (worker.state == "broken" ? (worker.lastError ?? "quarantined") : nil))
         }
-        return HealthCheck(redisError: redisError, draining: await draining(), workers: workers)
+        return HealthCheck(redisError: redisError, draining: await draining(), drained: report?.draining ?? false, workers: workers)
     }
 
     public func queues() async -> Reply {
@@ -196,27 +196,10 @@ public struct PoolAPI: Sendable {
 
     // MARK: - Hosts
 
+    /// Every host sharing the Redis: what `tworker hosts --json` prints.
     public func hosts() async -> Reply {
         do {
-            let members = (try await redis.send(["SMEMBERS", RedisKeys.workers]).array ?? []).compactMap(\.string).sorted { StatusReport.naturalOrder($0, $1) }
-            let beats = try await StatusReport.heartbeats(members, redis: redis)
-            var hosts: [String: [JSONValue]] = [:]
-            var lastBeat: [String: String] = [:]
-            for (member, beat) in zip(members, beats) {
-                let (host, vm) = StatusReport.split(member)
-                let at = beat["heartbeat_at"] ?? ""
-                if at > (lastBeat[host] ?? "") { lastBeat[host] = at }
-                hosts[host, default: []].append(.object([
-                    "vm": .string(vm), "state": .string(beat.isEmpty ? "gone" : (beat["state"] ?? "")), "job": .string(beat["job"] ?? ""),
-                    "pid": beat["pid"].flatMap { Int64($0) }.map(JSONValue.int) ?? .null, "heartbeat_at": .string(at),
-                ]))
-            }
-            let draining = await draining()
-            let list = hosts.keys.sorted().map { host in
-                JSONValue.object(["host": .string(host), "last_heartbeat": .string(lastBeat[host] ?? ""),
-                                  "draining": .bool(host == keys.host && draining), "workers": .array(hosts[host] ?? [])])
-            }
-            return Reply(status: 200, json: JSONValue.object(["hosts": .array(list)]).jsonText)
+            return Reply(status: 200, json: try FleetView.json(try await FleetView.read(redis: redis)))
         } catch {
             return Self.error(503, "Redis unreachable: \(error)")
         }

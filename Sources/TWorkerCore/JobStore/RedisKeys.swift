@@ -57,6 +57,17 @@ public struct RedisKeys: Sendable {
     /// Present while an operator's rebuild or reprovision holds the VM: its worker finishes
     /// the running job and takes no new one until the key is gone.
     public func maintenance(vm: String) -> String { "tworker:maintenance:\(host):\(vm)" }
+    /// Present while the host is drained (`tworker drain`): every one of its workers finishes its
+    /// running job and takes no new one until the key is gone (`tworker undrain`). Holds who and when.
+    public static func drain(host: String) -> String { drainPrefix + host }
+    public static let drainPrefix = "tworker:drain:"
+    public var drain: String { Self.drain(host: host) }
+    /// The host record its master keeps fresh (version, pid, started_at, heartbeat_at, ...); it
+    /// expires when the master stops beating, so a dead host shows `gone`.
+    public static func hostRecord(_ host: String) -> String { "tworker:host:\(host)" }
+    /// Every host that ran a master on this Redis: host -> Unix time of its last beat. Entries
+    /// silent for `FleetView.forgetAfter` are pruned.
+    public static let hosts = "tworker:hosts"
     /// Set by `tworker cancel` (holds the reason) so a worker that missed the message still cancels.
     public func cancel(_ id: String) -> String { "tworker:cancel:\(id)" }
     /// Pub/sub channel carrying the ids of cancelled jobs.

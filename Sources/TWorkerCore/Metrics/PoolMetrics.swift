@@ -13,7 +13,7 @@ public final class PoolMetrics: Sendable {
     public let host: String
 
     public static let results = ["passed", "failed", "errored", "cancelled"]
-    public static let workerStates = ["idle", "busy", "paused", "broken", "maintenance", "stopping"]
+    public static let workerStates = ["idle", "busy", "paused", "broken", "maintenance", "draining", "stopping"]
     public static let restartReasons = ["crash", "memory", "stuck"]
 
     public init(host: String, version: String) {

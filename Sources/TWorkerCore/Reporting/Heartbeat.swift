@@ -10,6 +10,8 @@ public enum WorkerState: String, Sendable {
     case broken
     /// An operator is rebuilding or reprovisioning the VM.
     case maintenance
+    /// Its host is drained (`tworker drain`): it finished its job and takes no new one.
+    case draining
 }
 
 /// Keeps `tworker:worker:<host>:<vm>` fresh: refreshed every `heartbeat.interval` and on every

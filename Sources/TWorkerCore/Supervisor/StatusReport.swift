@@ -76,12 +76,39 @@ public struct StatusReport: Sendable, Codable, Equatable {
     public var host: String
     public var master: Master?
     public var paused: Bool
+    /// `tworker:drain:<host>`'s value while the host is drained (`tworker drain`); nil otherwise.
+    public var drainedBy: String?
     public var workers: [Worker]
     public var queues: [Queue]
     public var failed: Int
 
-    public init(source: Source, host: String, master: Master? = nil, paused: Bool = false,
+    public var draining: Bool { drainedBy != nil }
+
+    enum CodingKeys: String, CodingKey {
+        case source, host, master, paused, workers, queues, failed
+        case drainedBy = "drained_by"
+    }
+
+    private enum ExtraKeys: String, CodingKey { case draining }
+
+    /// As synthesized, plus `draining` for scripts.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(source, forKey: .source)
+        try container.encode(host, forKey: .host)
+        try container.encodeIfPresent(master, forKey: .master)
+        try container.encode(paused, forKey: .paused)
+        try container.encodeIfPresent(drainedBy, forKey: .drainedBy)
+        try container.encode(workers, forKey: .workers)
+        try container.encode(queues, forKey: .queues)
+        try container.encode(failed, forKey: .failed)
+        var extra = encoder.container(keyedBy: ExtraKeys.self)
+        try extra.encode(draining, forKey: .draining)
+    }
+
+    public init(source: Source, host: String, master: Master? = nil, paused: Bool = false, drainedBy: String? = nil,
                 workers: [Worker] = [], queues: [Queue] = [], failed: Int = 0) {
+        self.drainedBy = drainedBy
         self.source = source
         self.host = host
         self.master = master
@@ -127,7 +154,8 @@ public struct StatusReport: Sendable, Codable, Equatable {
         }
         let (queues, failed) = try await queues(keys: keys, redis: redis)
         let paused = !workers.isEmpty && workers.allSatisfy { $0.state == "paused" }
-        return StatusReport(source: .redis, host: keys.host, paused: paused, workers: workers, queues: queues, failed: failed)
+        let drainedBy = try await redis.send(["GET", keys.drain]).string
+        return StatusReport(source: .redis, host: keys.host, paused: paused, drainedBy: drainedBy, workers: workers, queues: queues, failed: failed)
     }
 
     static func hash(_ reply: RedisReply) -> [String: String] {
@@ -157,6 +185,9 @@ public struct StatusReport: Sendable, Codable, Equatable {
             lines.append("master \(master.pid) on \(host), up \(Self.duration(master.uptime)) (env \(master.env))\(paused ? "; PAUSED" : "")")
         } else {
             lines.append("no master running on this host; from Redis:")
+        }
+        if let drainedBy {
+            lines.append("DRAINED: running jobs finish, no new ones start (`tworker undrain \(host)` ends it; \(drainedBy))")
         }
         if workers.isEmpty {
             lines.append("no workers")

@@ -227,7 +227,7 @@ public final class Worker: Sendable {
                 return .next
             }
             await heartbeat.leave(.paused)
-            let heldBack = try await isInMaintenance() ? true : try await isQuarantined()
+            let heldBack = try await isHeld() ? true : try await isQuarantined()
             if heldBack {
                 if settings.burst { return .stop }
                 try? await Task.sleep(for: settings.fetchBlock)
@@ -255,20 +255,33 @@ public final class Worker: Sendable {
             return await process(raw) ? .next : .stop
     }
 
-    /// While an operator holds the VM (rebuild, reprovision) the worker takes no jobs and says
-    /// so in its heartbeat. Checked at most every 250 ms, so a busy queue pays almost nothing.
-    private func isInMaintenance() async throws -> Bool {
+    /// While an operator holds the VM (rebuild, reprovision) or drains the host, the worker takes
+    /// no jobs and says so in its heartbeat. Checked at most every 250 ms, so a busy queue pays almost nothing.
+    private func isHeld() async throws -> Bool {
         let now = ContinuousClock.now
-        if let known = control.withLock({ $0.state.knownMaintenance(at: now) }) { return known }
-        let reply = try await withRedisRetry(logger: logger, what: "check maintenance") {
-            try await redis.send(["EXISTS", keys.maintenance(vm: settings.vm)])
+        var hold = control.withLock { $0.state.knownHold(at: now) }
+        if hold == nil {
+            let replies = try await withRedisRetry(logger: logger, what: "check maintenance and drain") {
+                try await redis.pipeline([["EXISTS", keys.maintenance(vm: settings.vm)], ["EXISTS", keys.drain]])
+            }
+            let maintenance = replies.first?.int == 1
+            let drained = replies.count > 1 && replies[1].int == 1
+            let (changed, checked) = control.withLock { ($0.state.holdChecked(maintenance: maintenance, drained: drained, at: now), $0.state.hold) }
+            if changed {
+                let message = switch checked {
+                case .maintenance: "VM in maintenance: taking no jobs"
+                case .draining: "host drained: taking no jobs"
+                case .none: "maintenance or drain over: taking jobs again"
+                }
+                logger.info("\(message)", metadata: ["vm": "\(settings.vm)"])
+                if checked == .none { await heartbeat.update(.idle) }
+            }
+            hold = checked
         }
-        let held = reply.int == 1
-        if control.withLock({ $0.state.maintenanceChecked(held: held, at: now) }) {
-            logger.info(held ? "VM in maintenance: taking no jobs" : "maintenance over: taking jobs again", metadata: ["vm": "\(settings.vm)"])
-            await heartbeat.update(held ? .maintenance : .idle)
-        }
-        return held
+        guard let hold, hold != .none else { return false }
+        // Also after a resume, which set the heartbeat back to idle while the hold went on.
+        await heartbeat.updateIfChanged(hold.heartbeatState)
+        return true
     }
 
     /// While the VM is quarantined the worker takes no jobs; it returns to service once the

@@ -73,8 +73,9 @@ struct WorkerControlState: Sendable {
     private var stopSignals = 0
     /// How often this worker left each job it had failed to another worker.
     private var stepBacks: [String: Int] = [:]
-    private var maintenanceCheckedAt: ContinuousClock.Instant?
-    private(set) var inMaintenance = false
+    private var holdCheckedAt: ContinuousClock.Instant?
+    /// What keeps the worker from taking jobs: its VM's maintenance, or its host's drain.
+    private(set) var hold = WorkerHold.none
 
     /// Bounded, so a job whose every other worker stays busy still runs here in the end.
     static let maxStepBacks = 5
@@ -213,20 +214,39 @@ struct WorkerControlState: Sendable {
         stepBacks[id, default: 0] += 1
     }
 
-    // MARK: - Maintenance
+    // MARK: - Maintenance and drain
 
-    /// Whether the VM was in maintenance when last checked, if that was recent enough to trust.
-    func knownMaintenance(at now: ContinuousClock.Instant) -> Bool? {
-        guard let last = maintenanceCheckedAt, now - last < Self.maintenanceRecheck else { return nil }
-        return inMaintenance
+    /// What the worker was held by when last checked, if that was recent enough to trust.
+    func knownHold(at now: ContinuousClock.Instant) -> WorkerHold? {
+        guard let last = holdCheckedAt, now - last < Self.maintenanceRecheck else { return nil }
+        return hold
     }
 
-    /// Records one look at the maintenance key; returns true when the VM entered or left maintenance.
-    mutating func maintenanceChecked(held: Bool, at now: ContinuousClock.Instant) -> Bool {
+    /// Records one look at the maintenance and drain keys (maintenance wins: a rebuild waits
+    /// for `maintenance` in the heartbeat); returns true when the hold changed.
+    mutating func holdChecked(maintenance: Bool, drained: Bool, at now: ContinuousClock.Instant) -> Bool {
+        let held: WorkerHold = maintenance ? .maintenance : drained ? .draining : .none
         defer {
-            maintenanceCheckedAt = now
-            inMaintenance = held
+            holdCheckedAt = now
+            hold = held
         }
-        return held != inMaintenance
+        return held != hold
+    }
+}
+
+/// Why a worker takes no jobs although it runs and is not paused.
+enum WorkerHold: Sendable, Equatable {
+    case none
+    /// `tworker:maintenance:<host>:<vm>`: an operator's rebuild or reprovision holds the VM.
+    case maintenance
+    /// `tworker:drain:<host>`: `tworker drain` holds the whole host.
+    case draining
+
+    var heartbeatState: WorkerState {
+        switch self {
+        case .none: .idle
+        case .maintenance: .maintenance
+        case .draining: .draining
+        }
     }
 }

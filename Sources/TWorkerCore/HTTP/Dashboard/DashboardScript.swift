@@ -225,7 +225,9 @@ extension DashboardPages {
                 return el('div', { className: 'host', dataset: { host: String(host.host) } }, [
                   el('h3', null, [
                     el('span', { text: show(host.host) }),
+                    present(host.state) && host.state !== 'up' ? stateBadge(host.state) : null,
                     host.draining ? el('span', { className: 'state state-draining', text: 'draining' }) : null,
+                    present(host.version) ? el('span', { className: 'muted', text: 'v' + host.version }) : null,
                     el('span', { className: 'muted' }, ['heartbeat ', age(host.last_heartbeat)]),
                   ]),
                   el('div', { className: 'table-wrap' }, [el('table', null, [

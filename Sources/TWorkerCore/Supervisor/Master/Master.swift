@@ -70,8 +70,13 @@ public actor Master {
     private var machinesToStop: [String] = []
     /// The master is stopping (QUIT, TERM, `tworker stop`): `/health` says draining.
     public var isStopping: Bool { state.isStopping }
+    /// `tworker:drain:<host>`'s value as of the last host beat: who drained this host, and when.
+    var drainedBy: String?
+    /// The host is drained (`tworker drain`): status, `/health` and `tworker hosts` say so.
+    public var isDrained: Bool { drainedBy != nil }
     let startedAt = ContinuousClock.now
     let startedWall = Date()
+    let machineName = HostRecord.machineName()
     /// What `run()` takes in, in order: events from outside the actor (signals, child starts
     /// and exits, timers) and the tasks the effects ask for, which it starts in its task group.
     enum Input: Sendable {
@@ -146,6 +151,7 @@ public actor Master {
             group.cancelAll()
         }
         await stopMachinesLeftByKilledWorkers()
+        await removeHostRecord()
         logger.info("master stopped", metadata: ["pid": "\(getpid())"])
         return state.finished ?? 0
     }

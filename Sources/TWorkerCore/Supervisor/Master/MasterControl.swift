@@ -46,7 +46,7 @@ extension Master {
                                          uptime: Double(uptime.components.seconds) + Double(uptime.components.attoseconds) / 1e18,
                                          env: config.env, configDir: setup.configDir)
         let allPaused = state.paused || (!state.slots.isEmpty && state.slots.values.allSatisfy(\.paused))
-        return StatusReport(source: .master, host: config.host, master: master, paused: allPaused,
+        return StatusReport(source: .master, host: config.host, master: master, paused: allPaused, drainedBy: drainedBy,
                             workers: workers, queues: queues, failed: failed)
     }
 }

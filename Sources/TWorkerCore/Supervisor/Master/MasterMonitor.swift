@@ -8,10 +8,15 @@ extension Master {
     func monitor() async {
         var lastWatchdog = ContinuousClock.now
         var lastReap = ContinuousClock.now
+        var lastHostBeat: ContinuousClock.Instant?
         let reapInterval = Duration.seconds(max(1, config.heartbeat.interval))
         while !Task.isCancelled && state.finished == nil {
             await checkReadiness()
             let now = ContinuousClock.now
+            if lastHostBeat.map({ now - $0 >= .seconds(1) }) ?? true {
+                lastHostBeat = now
+                await beatHost()
+            }
             if now - lastWatchdog >= settings.watchdogInterval {
                 lastWatchdog = now
                 checkMemory()
@@ -27,6 +32,28 @@ extension Master {
                           ContinuousClock.now + (awaitingReadiness ? .milliseconds(100) : .seconds(1)))
             try? await Task.sleep(until: due)
         }
+    }
+
+    /// Keeps `tworker:host:<host>` fresh (about once a second, so a drain shows within a second)
+    /// and learns whether the host is drained.
+    func beatHost() async {
+        let record = HostRecord(host: config.host, pid: getpid(), machine: machineName, startedAt: Timestamp.format(startedWall),
+                                heartbeatAt: Timestamp.now(), workers: state.slots.count, stopping: state.isStopping)
+        do {
+            let drained = try await HostBeat(redis: redis, ttl: HostBeat.ttl(heartbeatInterval: config.heartbeat.interval)).beat(record)
+            if (drained != nil) != (drainedBy != nil) {
+                logger.info(drained.map { "host drained: workers finish their running jobs and take no new ones (\($0))" }
+                            ?? "host undrained: workers take jobs again")
+            }
+            drainedBy = drained
+        } catch {
+            logger.debug("host beat failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// A master that stops cleanly shows `gone` at once rather than after its record's TTL.
+    func removeHostRecord() async {
+        try? await HostBeat(redis: redis, ttl: 0).remove(host: config.host)
     }
 
     /// A child is ready once its heartbeat carries its pid; a pause asked for before then is delivered then.
