@@ -144,6 +144,13 @@ struct FleetNamespaceTests {
                 #expect(try await fleet.redis.send(["LLEN", key]) == .integer(0), "\(key) is empty")
             }
 
+            // Seen from inside a live host's namespace, over its own link to Redis: host3 is gone.
+            let fleetView = try JSONSerialization.jsonObject(with: Data(try fleet.cli(on: "host1", ["hosts", "--json"]).utf8)) as? [String: Any]
+            let hosts = (fleetView?["hosts"] as? [[String: Any]]) ?? []
+            let hostStates = Dictionary(uniqueKeysWithValues: hosts.compactMap { host in (host["host"] as? String).map { ($0, host["state"] as? String ?? "") } })
+            #expect(hostStates == ["host1": "up", "host2": "up", "host3": "gone"], "tworker hosts --json: \(hosts)")
+            #expect(hosts.first { $0["host"] as? String == "host1" }?["version"] as? String == TWorkerVersion.current)
+
             for host in ["host1", "host2"] { masters[host]!.signal(SIGQUIT) }
             for host in ["host1", "host2"] {
                 #expect(await masters[host]!.waitForExit(timeout: .seconds(20)) == 0, "\(host)'s master stopped cleanly")
