@@ -257,3 +257,21 @@ import Testing
         #expect(seen.map(\.2) == [.draining, .maintenance, .draining, .idle])
     }
 }
+
+@Suite struct MaintenanceHoldTests {
+    @Test func aHoldSurvivesItsOwnEncodingAndAnOlderFormatIsNotParsed() {
+        let hold = MaintenanceHold(pid: 4321, startTime: 98765, since: "2026-12-06T19:00:00Z", changing: true)
+        #expect(MaintenanceHold(parsing: hold.encoded) == hold)
+        #expect(MaintenanceHold(parsing: "4321 2026-12-06T19:00:00Z") == nil, "an older tworker's hold is kept as it is")
+        #expect(MaintenanceHold(parsing: "pid=0 start=1 since=x phase=waiting") == nil)
+        #expect(MaintenanceHold(parsing: "pid=12 start=1 since=x phase=later") == nil)
+    }
+
+    @Test func theHolderIsGoneWhenItsPidIsFreeOrBelongsToAnotherProcess() {
+        let hold = MaintenanceHold(pid: 4321, startTime: 500, since: "", changing: false)
+        #expect(!hold.holderIsGone(startTimeOf: { _ in 500 }, isAlive: { _ in true }))
+        #expect(hold.holderIsGone(startTimeOf: { _ in 500 }, isAlive: { _ in false }))
+        #expect(hold.holderIsGone(startTimeOf: { _ in 777 }, isAlive: { _ in true }), "a reused pid is not the holder")
+        #expect(!MaintenanceHold.ofThisProcess(changing: false).holderIsGone(), "this process holds its own")
+    }
+}

@@ -217,6 +217,69 @@ struct LifecycleTests {
         }
     }
 
+    /// Ctrl-C of a rebuild leaves its maintenance key behind: the worker gives an untouched VM back
+    /// to service by itself, and keeps a VM the rebuild had begun to change out until rebuilt.
+    @Test func aRebuildStoppedByCtrlCGivesBackAnUntouchedVMAndKeepsAChangedOneOut() async throws {
+        try await LifecycleHost.with(workers: 1) { life in
+            #expect(try await life.vagrant(["import"]).status == 0)
+            let host = life.host
+            let key = host.keys.maintenance(vm: "worker-1")
+            let worker = try host.makeWorker(vm: "worker-1") { $0.fetchBlock = .milliseconds(200) }
+            let running = Task { try await worker.run() }
+            defer { worker.requestStop(.graceful) }
+            func startRebuild(_ name: String) throws -> SpawnedProcess {
+                try SpawnedProcess.spawn(try tworkerExecutable(), ["vagrant", "rebuild", "--yes", "--env", "test", "--config-dir", host.configDir],
+                                         environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": host.directory.path]
+                                            .merging(life.fake.environment) { $1 },
+                                         log: host.directory.path + "/rebuild-\(name).log")
+            }
+
+            // 1. Interrupted while it waits for the busy worker: nothing was touched.
+            let busy = try await host.push(script: ["sleep 3"])
+            #expect(try await eventually(timeout: .seconds(20)) { try await host.record(busy)["state"] == "started" })
+            let waiting = try startRebuild("waiting")
+            #expect(try await eventually(timeout: .seconds(20)) { try await host.redis.send(["GET", key]).string?.contains("phase=waiting") == true },
+                    "the rebuild marked the VM: \(waiting.output)")
+            waiting.signal(SIGINT)
+            #expect(await waiting.waitForExit(timeout: .seconds(10)) == 130, "\(waiting.output)")
+            let next = try await host.push(script: ["echo next"])
+            #expect(try await eventually(timeout: .seconds(20)) { try await host.record(next)["state"] == "passed" },
+                    "the worker took the next job after its running one")
+            #expect(try await host.redis.send(["EXISTS", key]) == .integer(0), "the dead hold was lifted")
+
+            // 2. Interrupted while it changes the VM: the VM stays out and says how to recover.
+            try life.fake.inject("clonevm", fault: .hang)
+            let changing = try startRebuild("changing")
+            #expect(try await eventually(timeout: .seconds(30)) { try await host.redis.send(["GET", key]).string?.contains("phase=changing") == true },
+                    "the rebuild began changing the VM: \(changing.output)")
+            try await Task.sleep(for: .milliseconds(500))
+            changing.signal(SIGINT)
+            #expect(await changing.waitForExit(timeout: .seconds(10)) == 130, "\(changing.output)")
+            try life.fake.clearFaults()
+            let afterChange = try await host.push(script: ["echo after"])
+            let heartbeat = host.keys.worker(vm: "worker-1")
+            let note = try await eventually(timeout: .seconds(10)) {
+                let lastError = try await host.redis.send(["HGET", heartbeat, "last_error"]).string ?? ""
+                return lastError.contains("run `tworker vagrant rebuild` to return it to service")
+            }
+            let seen = "\(try await host.redis.send(["HGETALL", heartbeat])), \(try await host.record(afterChange)), \(try await host.redis.send(["GET", key]))"
+            #expect(note, "the heartbeat says the VM needs a rebuild: \(seen)")
+            try await Task.sleep(for: .seconds(1))
+            let waitingJob = try await host.record(afterChange)
+            #expect(waitingJob.isEmpty, "the half-changed VM took no job: \(waitingJob)")
+            #expect(try await host.redis.send(["LLEN", "resque:queue:builds"]) == .integer(1))
+            let state = try await host.redis.send(["HGET", heartbeat, "state"]).string
+            #expect(state == "maintenance")
+
+            // 3. The rebuild it asks for returns it to service.
+            let rebuilt = try await life.vagrant(["rebuild", "--yes"])
+            #expect(rebuilt.status == 0, "\(rebuilt.err)")
+            #expect(try await eventually(timeout: .seconds(20)) { try await host.record(afterChange)["state"] == "passed" })
+            worker.requestStop(.graceful)
+            try await running.value
+        }
+    }
+
     @Test func statusRemoveAndTheLock() async throws {
         try await LifecycleHost.with(workers: 2) { life in
             #expect(try await life.vagrant(["import"]).status == 0)

@@ -80,13 +80,13 @@ public struct Lifecycle: Sendable {
         var box = config.vms.baseBox
         if provisionWithVagrant { box = try await buildBoxWithVagrant() }
         let base = vms.baseName
-        let retired = base + "-retired"
+        try await removeRetiredBases()
         // The old base still backs the running workers' disks: set it aside, delete it last.
-        if try await vms.exists(retired) { try await vms.remove(retired, progress: progress) }
         if let info = try await vms.runner.info(base) {
             if ["running", "paused"].contains(info.state ?? "") {
                 try await progress.step(base, "power off") { try await vms.runner.run(.powerOff(base)) }
             }
+            let retired = "\(base)-retired-\(Self.retiredStamp())"
             try await progress.step(base, "rename to \(retired)") {
                 try await vms.runner.run(VBoxManageCommand(["modifyvm", base, "--name", retired], changes: base))
             }
@@ -98,7 +98,31 @@ public struct Lifecycle: Sendable {
             try await vms.createWorker(number, progress: progress)
             record("create_worker", since: started)
         }
-        if try await vms.exists(retired) { try await vms.remove(retired, progress: progress) }
+        try await removeRetiredBases()
+    }
+
+    /// Deletes the bases earlier rebuilds set aside (`<base>-retired[-<time>]`) that no worker
+    /// disk is a linked clone of any more, and keeps the others: a rebuild stopped part-way
+    /// (Ctrl-C) leaves workers on two bases, and the next rebuild must neither fail on nor
+    /// delete a base that a worker still runs on.
+    func removeRetiredBases() async throws {
+        let retired = vms.baseName + "-retired"
+        for name in try await vms.runner.listVMs() where name == retired || name.hasPrefix(retired + "-") {
+            if let info = try await vms.runner.info(name), ["running", "paused"].contains(info.state ?? "") {
+                try await progress.step(name, "power off") { try await vms.runner.run(.powerOff(name)) }
+            }
+            do {
+                try await vms.runner.run(.unregister(name))
+                progress.note("\(name)  deleted (no worker used it any more)")
+            } catch let failure as ProgramFailure where failure.code == "VBOX_E_OBJECT_IN_USE" {
+                progress.note("\(name)  kept: worker VMs are still linked clones of it")
+            }
+        }
+    }
+
+    /// A retired base's suffix: UTC time, so names sort by age and never repeat within a host.
+    static func retiredStamp(_ date: Date = Date()) -> String {
+        String(Timestamp.format(date).filter { $0.isNumber }.prefix(14))
     }
 
     /// `vagrant up --provision` of a throwaway base VM, `vagrant package` of it to a new box that
@@ -228,6 +252,7 @@ public struct Lifecycle: Sendable {
                 try await progress.step(vms.workerName(number), "take out of service") { try await maintenance?.begin(name) }
             }
             for number in group {
+                try await maintenance?.changing("worker-\(number)")
                 try await change(number)
                 try await progress.step(vms.workerName(number), "return to service") { try await maintenance?.end("worker-\(number)") }
             }

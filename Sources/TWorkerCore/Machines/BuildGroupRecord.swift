@@ -34,7 +34,7 @@ public struct BuildGroupRecord: Sendable {
     }
 
     /// Field 22 of /proc/<pid>/stat: the start time in clock ticks since boot.
-    static func startTime(of pid: pid_t) -> UInt64? {
+    public static func startTime(of pid: pid_t) -> UInt64? {
         statFields(of: pid).flatMap { $0.count > 19 ? UInt64($0[19]) : nil }
     }
 

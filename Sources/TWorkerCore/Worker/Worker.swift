@@ -93,6 +93,8 @@ public final class Worker: Sendable {
         var state: WorkerControlState
         var build: Task<BuildOutcome, Never>?
     }
+    /// The dead maintenance hold last reported, so it is reported once.
+    private let staleHoldReported = Mutex<String?>(nil)
     private let control: Mutex<Control>
     let subscriptionRedis: RedisConnection?
 
@@ -262,9 +264,10 @@ public final class Worker: Sendable {
         var hold = control.withLock { $0.state.knownHold(at: now) }
         if hold == nil {
             let replies = try await withRedisRetry(logger: logger, what: "check maintenance and drain") {
-                try await redis.pipeline([["EXISTS", keys.maintenance(vm: settings.vm)], ["EXISTS", keys.drain]])
+                try await redis.pipeline([["GET", keys.maintenance(vm: settings.vm)], ["EXISTS", keys.drain]])
             }
-            let maintenance = replies.first?.int == 1
+            var maintenance = false
+            if let held = replies.first?.string { maintenance = try await isStillHeld(held) }
             let drained = replies.count > 1 && replies[1].int == 1
             let (changed, checked) = control.withLock { ($0.state.holdChecked(maintenance: maintenance, drained: drained, at: now), $0.state.hold) }
             if changed {
@@ -281,6 +284,32 @@ public final class Worker: Sendable {
         guard let hold, hold != .none else { return false }
         // Also after a resume, which set the heartbeat back to idle while the hold went on.
         await heartbeat.updateIfChanged(hold.heartbeatState)
+        return true
+    }
+
+    /// Whether a maintenance hold still holds: one whose holder died (a rebuild stopped by Ctrl-C
+    /// or killed) before touching the VM is lifted; after it began changing the VM, the VM stays
+    /// out and the heartbeat says what to do.
+    private func isStillHeld(_ value: String) async throws -> Bool {
+        guard let hold = MaintenanceHold(parsing: value), hold.holderIsGone() else { return true }
+        let key = keys.maintenance(vm: settings.vm)
+        guard hold.changing else {
+            // Only that very hold: a new rebuild may have marked the VM meanwhile.
+            let lifted = try await withRedisRetry(logger: logger, what: "lift a dead maintenance hold") {
+                try await redis.send(["EVAL", "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+                                      "1", key, value])
+            }
+            if lifted.int == 1 {
+                logger.warning("the maintenance of this VM ended without returning it (pid \(hold.pid) is gone) before it was changed: taking jobs again",
+                               metadata: ["vm": "\(settings.vm)"])
+            }
+            return lifted.int != 1
+        }
+        let note = "the maintenance of \(settings.vm) stopped while its VM was being changed (pid \(hold.pid), since \(hold.since)): run `tworker vagrant rebuild` to return it to service"
+        if staleHoldReported.withLock({ seen in defer { seen = value }; return seen != value }) {
+            logger.error("\(note)", metadata: ["vm": "\(settings.vm)"])
+            await heartbeat.update(.maintenance, lastError: note)
+        }
         return true
     }
 
