@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import RedisClient
 import Testing
 @testable import TWorkerCore
@@ -84,6 +85,27 @@ import Testing
         #expect(problems.count == 1)
         #expect(problems.first?.hasPrefix(dir.file("worker.yml") + ":2: redis.url: 'rediss://redis.internal:6380' uses TLS (rediss://), which hiredis 0.14 cannot speak") == true, "\(problems)")
         #expect(problems.first?.contains("Redis across hosts: spiped or stunnel") == true)
+    }
+
+    @Test func aShortfallShortensTheWaitUntilAReplicaConfirmsAgain() {
+        let wait = ReplicaWait(replicas: 1, timeout: 1000)
+        let copy = wait  // the worker's queues hand copies around: they share what they learnt
+        let logger = Logger(label: "test")
+        #expect(wait.command == ["WAIT", "1", "1000"])
+        #expect(wait.check(.integer(1), what: "x", logger: logger))
+        #expect(!wait.check(.integer(0), what: "x", logger: logger))
+        #expect(copy.isDegraded)
+        #expect(copy.command == ["WAIT", "1", "10"])
+        #expect(!copy.check(.error("ERR WAIT cannot be used with replica instances"), what: "x", logger: logger))
+        #expect(!wait.check(nil, what: "x", logger: logger))
+        #expect(wait.command == ["WAIT", "1", "10"])
+        #expect(copy.check(.integer(2), what: "x", logger: logger))
+        #expect(!wait.isDegraded)
+        #expect(wait.command == ["WAIT", "1", "1000"])
+        // Never longer than the configured timeout.
+        let short = ReplicaWait(replicas: 2, timeout: 5)
+        short.check(.integer(1), what: "x", logger: logger)
+        #expect(short.command == ["WAIT", "2", "5"])
     }
 
     @Test func aChangeOfSentinelsNeedsARestartOfTheMaster() throws {

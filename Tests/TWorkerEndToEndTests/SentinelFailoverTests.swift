@@ -44,8 +44,10 @@ struct SentinelFailoverTests {
                 let doneBefore = Self.lines(marker).count
                 #expect(doneBefore < total, "the master must die mid-run")
                 cluster.killMaster()
+                let killedAt = ContinuousClock.now
                 let newPort = try await cluster.waitForFailover()
                 #expect(newPort == cluster.replica.port)
+                let failedOverAfter = ContinuousClock.now - killedAt
 
                 // Every job reaches its final state: none lost with the dead master.
                 var states: [String: String] = [:]
@@ -64,6 +66,12 @@ struct SentinelFailoverTests {
                 #expect(twice.isEmpty, "ran more than once: \(twice)")
                 #expect(never.isEmpty, "never ran: \(never)")
                 #expect(runs.count == total)
+                let notes = master.output.split(separator: "\n").filter {
+                    $0.contains("redis failover") || $0.contains("taking a job failed") || $0.contains("confirmed within") || $0.contains("READONLY")
+                        || $0.contains("reachable again")
+                }
+                print("sentinel failover: master killed after \(doneBefore) of \(total) jobs ran; sentinels named the replica after \(failedOverAfter); "
+                      + "all final after \(ContinuousClock.now - killedAt); \(notes.count) log lines about it:\n" + notes.prefix(12).joined(separator: "\n"))
                 // Nothing left in any processing list, no queue entry left behind.
                 let processing = try await host.redis.send(["KEYS", "tworker:processing:*"]).array ?? []
                 for key in processing.compactMap(\.string) {

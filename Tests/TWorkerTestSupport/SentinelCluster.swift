@@ -36,7 +36,8 @@ public final class SentinelCluster: Sendable {
 
     public static func start() async throws -> SentinelCluster {
         let executable = try findSentinel()
-        let master = try await RedisServer.start()
+        // No 5 s wait before the replica's first (diskless) sync: WAIT has no replica until then.
+        let master = try await RedisServer.start(arguments: ["--repl-diskless-sync-delay", "0"])
         let replica: RedisServer
         do {
             replica = try await RedisServer.start(arguments: ["--replicaof", "127.0.0.1", String(master.port)])
@@ -83,6 +84,15 @@ public final class SentinelCluster: Sendable {
     /// the master's hello channel, every 2 s): only then can they agree on a failover.
     private func waitUntilReady() async throws {
         let deadline = ContinuousClock.now + .seconds(20)
+        let replicaConnection = RedisConnection(endpoint: replica.endpoint, connectTimeout: .milliseconds(500), commandTimeout: .seconds(2))
+        defer { replicaConnection.close() }
+        // The replica in sync first: until then no write can be confirmed by WAIT.
+        while (try? await replicaConnection.send(["INFO", "replication"]))?.string?.contains("master_link_status:up") != true {
+            guard ContinuousClock.now < deadline else {
+                throw TestSupportError("the replica did not sync with the master within 20 s:\n\(replica.logTail())")
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
         for port in sentinelPorts {
             let connection = RedisConnection(endpoint: RedisEndpoint(address: .tcp(host: "127.0.0.1", port: port)),
                                              connectTimeout: .milliseconds(500), commandTimeout: .seconds(2))
