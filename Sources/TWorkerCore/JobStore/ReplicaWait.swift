@@ -10,10 +10,10 @@ import Synchronization
 ///
 /// A shortfall (the timeout passed: the replica is down or far behind) is logged, not fatal:
 /// the write is done on the master, and a lone master (say, right after a failover, before the
-/// old master returns as a replica) must keep working. Until a replica confirms again, WAIT
-/// waits only `degradedTimeout` ms, so a pool without replicas is not slowed down by the full
-/// timeout twice per job; the first confirmation restores the full timeout. Only while a
-/// replica confirms do the guarantees in the README's "Redis Sentinel" section hold.
+/// old master returns as a replica) must keep working; `WorkQueue` then checks the master it
+/// finds anew (see `isOnCurrentMaster`). Until a replica confirms again, WAIT waits only
+/// `degradedTimeout` ms, so a pool without replicas is not slowed down by the full timeout
+/// twice per job; the first confirmation restores the full timeout.
 public struct ReplicaWait: Sendable, Equatable {
     public var replicas: Int
     /// Milliseconds.

@@ -112,8 +112,13 @@ public struct WorkQueue: Sendable {
                     // connection here (the master died) throws: the caller then runs the job
                     // only if the new master's processing list has it (the move replicated);
                     // otherwise it is still in the queue there, for anyone.
-                    replicaWait.check(try await blockingRedis.pipeline([replicaWait.command]).first,
-                                      what: "moving a job into \(processingKey)", logger: logger)
+                    let confirmed = replicaWait.check(try await blockingRedis.pipeline([replicaWait.command]).first,
+                                                      what: "moving a job into \(processingKey)", logger: logger)
+                    if !confirmed, try await !isOnCurrentMaster(raw) {
+                        logger.warning("a job taken on a master that is no longer the master was dropped; it is still queued on the new one",
+                                       metadata: ["queue": "\(queue)"])
+                        continue
+                    }
                 }
                 return Taken(queue: queue, raw: raw)
             }
@@ -128,6 +133,16 @@ public struct WorkQueue: Sendable {
             // that long. The wait is this process's own; every push is seen within the interval.
             try await Task.sleep(for: min(left, Self.pollInterval))
         }
+    }
+
+    /// After an unconfirmed move: whether the master as it is found now (for a Sentinel
+    /// endpoint, asked of the sentinels again) holds `raw` in the processing list. A lone master
+    /// does (the pool keeps working without a replica); an old master that a failover replaced
+    /// while it still took writes does not, and the job is still in the new master's queue.
+    private func isOnCurrentMaster(_ raw: [UInt8]) async throws -> Bool {
+        await blockingRedis.reconnect()
+        await redis.reconnect()
+        return try await holds(raw)
     }
 
     /// `take` without the queue.
@@ -196,7 +211,15 @@ public struct WorkQueue: Sendable {
             if tries > 1, try await !holdsOnce(raw) { return nil }
             let replies = try await redis.pipeline(bytes: transaction + wait)
             let written = try Array(replies.prefix(transaction.count)).checkedForWrite(accepting: JobStore.isLogEntryAlreadyWritten)
-            replicaWait?.check(replies.count > transaction.count ? replies.last : nil, what: "committing a job's state", logger: logger)
+            if let replicaWait, !replicaWait.check(replies.count > transaction.count ? replies.last : nil,
+                                                   what: "committing a job's state", logger: logger) {
+                // Unconfirmed: the master as found now must not still hold the entry (an old
+                // master replaced while it took the commit); if it does, write it again there.
+                await redis.reconnect()
+                if try await holdsOnce(raw) {
+                    throw RedisError.connectionLost("the commit went to a master that is no longer the master; writing it again")
+                }
+            }
             return written
         }
     }
