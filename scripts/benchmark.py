@@ -9,13 +9,13 @@ Sections, each printed with its goal and PASS/MISS:
   4b. log-secrets     the same job with 6 secrets (secure, redacted by name, secrets.env), each line
                       printing one of them: MiB/s and that no secret reached the stream
   7. master           `tworker start` with vms.count 8: start -> all idle in Redis, total RSS of master + workers
-  9. replication      the same `script: true` jobs as section 1 with a replica attached, without and with
-                      `redis.wait_replicas: 1` (WAIT after the move into processing and after the final
-                      commit): the cost per job; and one write + `WAIT 1` against the write alone
   8. qemu             provider: qemu with the test guest (boxes/qemu/build-test-image): `tworker vms import`
                       of 2 workers (boot-to-SSH per VM); one worker, jobs one at a time to a VM restored and
                       paused: enqueue -> first log entry; jobs back to back: finished_at -> next started_at
                       (reset-to-SSH); qemu RSS per VM; two workers: jobs/min.  Skipped without qemu.
+  9. replication      the same `script: true` jobs as section 1 with a replica attached, without and with
+                      `redis.wait_replicas: 1` (WAIT after the move into processing and after the final
+                      commit): the cost per job; and one write + `WAIT 1` against the write alone
 
 Everything lives in a temp dir (redis-server, config, state, git repo, VM overlays) removed at the
 end; redis-server, every worker and every qemu are stopped by PID, always.  Exit code: 0 when every section
