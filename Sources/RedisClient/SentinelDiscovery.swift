@@ -95,13 +95,15 @@ public enum SentinelDiscovery {
         return RedisEndpoint.HostPort(host: String(words[3]), port: port)
     }
 
-    /// True when a reply (or one inside an EXEC's results) is a `READONLY` error: the server
-    /// was demoted under us, so the connection must go and the next call rediscover.
+    /// True when a reply (or one inside an EXEC's results) is a `READONLY` error, or the
+    /// `UNBLOCKED` a demotion gives a blocked read: the server was demoted under us, so the
+    /// connection must go and the next call rediscover.
     static func mentionsReadOnly(_ replies: [RedisReply]) -> Bool {
-        replies.contains { reply in
+        let demoted: (RedisReply) -> Bool = { $0.errorCode == "READONLY" || $0.errorCode == "UNBLOCKED" }
+        return replies.contains { reply in
             switch reply {
-            case .error: reply.errorCode == "READONLY"
-            case let .array(inner): inner.contains { $0.errorCode == "READONLY" }
+            case .error: demoted(reply)
+            case let .array(inner): inner.contains(where: demoted)
             default: false
             }
         }

@@ -1,5 +1,6 @@
 import Foundation
 import RedisClient
+import Synchronization
 import Testing
 import TWorkerTestSupport
 
@@ -82,6 +83,38 @@ struct SentinelConnectionTests {
             // The demoted server has the write too, as a replica of the new master.
             let replicated = await eventually(timeout: .seconds(10)) { (try? await old.send(["GET", "k"]))?.string == "2" }
             #expect(replicated)
+        }
+    }
+
+    @Test func plusSwitchMasterInterruptsACallBlockedOnAMasterThatVanishedWithoutClosingIt() async throws {
+        try await withSentinelCluster { cluster in
+            let blocked = RedisConnection(endpoint: cluster.endpoint, connectTimeout: .seconds(1), commandTimeout: .seconds(5))
+            defer { blocked.close() }
+            let ended = Mutex<(any Error)??>(nil)
+            let waiting = Task {
+                do {
+                    _ = try await blocked.sendBlocking(["BLPOP", "never", "60"], blockTimeout: .seconds(60))
+                    ended.withLock { $0 = .some(nil) }
+                } catch {
+                    ended.withLock { $0 = .some(error) }
+                }
+            }
+            defer { waiting.cancel() }
+            try await Task.sleep(for: .milliseconds(300))
+            // SIGSTOP: like a host cut off by the network, the old master neither answers nor
+            // closes its sockets, so only +switch-master can end a BLPOP on it before its 60 s.
+            kill(cluster.master.pid, SIGSTOP)
+            defer { cluster.killMaster() }
+            let newPort = try await cluster.waitForFailover()
+            let interrupted = await eventually(timeout: .seconds(20)) { ended.withLock { $0 } != nil }
+            #expect(interrupted, "the call blocked on the vanished master was not interrupted by the failover")
+            let error = ended.withLock { $0 } ?? nil
+            #expect((error as? RedisError)?.isConnectionError == true, "the blocked call ended with \(String(describing: error))")
+            let reply = try await withRedisRetry(logger: .init(label: "test"), what: "push after failover", maxDelay: .milliseconds(200)) {
+                try await blocked.send(["RPUSH", "moved", "x"])
+            }
+            #expect(reply.int == 1)
+            #expect(try await Self.port(of: blocked) == newPort)
         }
     }
 
