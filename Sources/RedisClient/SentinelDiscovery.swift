@@ -98,7 +98,7 @@ public enum SentinelDiscovery {
     /// True when a reply (or one inside an EXEC's results) is a `READONLY` error, or the
     /// `UNBLOCKED` a demotion gives a blocked read: the server was demoted under us, so the
     /// connection must go and the next call rediscover.
-    static func mentionsReadOnly(_ replies: [RedisReply]) -> Bool {
+    public static func mentionsReadOnly(_ replies: [RedisReply]) -> Bool {
         let demoted: (RedisReply) -> Bool = { $0.errorCode == "READONLY" || $0.errorCode == "UNBLOCKED" }
         return replies.contains { reply in
             switch reply {

@@ -105,6 +105,14 @@ import Testing
         #expect(SentinelDiscovery.switchedMaster(in: "builds a 1 b x", masterName: "builds") == nil)
     }
 
+    @Test func aDemotionIsSeenInAReplyOrInsideAnExec() {
+        #expect(SentinelDiscovery.mentionsReadOnly([.status("OK"), .error("READONLY You can't write against a read only replica.")]))
+        #expect(SentinelDiscovery.mentionsReadOnly([.error("UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)")]))
+        #expect(SentinelDiscovery.mentionsReadOnly([.status("OK"), .status("QUEUED"), .array([.integer(1), .error("READONLY x")])]))
+        #expect(!SentinelDiscovery.mentionsReadOnly([.error("WRONGTYPE Operation against a key holding the wrong kind of value"), .integer(1)]))
+        #expect(!SentinelDiscovery.mentionsReadOnly([.bulk(Array("READONLY".utf8))]))
+    }
+
     @Test func hostPortParsing() throws {
         #expect(try HostPort(parsing: "127.0.0.1:26379") == s1)
         #expect(try HostPort(parsing: "[::1]:5") == HostPort(host: "::1", port: 5))
