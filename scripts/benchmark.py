@@ -13,6 +13,9 @@ Sections, each printed with its goal and PASS/MISS:
                       of 2 workers (boot-to-SSH per VM); one worker, jobs one at a time to a VM restored and
                       paused: enqueue -> first log entry; jobs back to back: finished_at -> next started_at
                       (reset-to-SSH); qemu RSS per VM; two workers: jobs/min.  Skipped without qemu.
+  9. replication      the same `script: true` jobs as section 1 with a replica attached, without and with
+                      `redis.wait_replicas: 1` (WAIT after the move into processing and after the final
+                      commit): the cost per job; and one write + `WAIT 1` against the write alone
 
 Everything lives in a temp dir (redis-server, config, state, git repo, VM overlays) removed at the
 end; redis-server, every worker and every qemu are stopped by PID, always.  Exit code: 0 when every section
@@ -323,7 +326,7 @@ class Bench:
 
     # -- config and workers -----------------------------------------------------------------
 
-    def write_config(self, name, transport="tcp", log_length=None, log_silence=None, provider="local"):
+    def write_config(self, name, transport="tcp", log_length=None, log_silence=None, provider="local", redis_extra=()):
         cdir = os.path.join(self.tmp, "config-" + name)
         os.makedirs(cdir, exist_ok=True)
         url = "redis://127.0.0.1:%d" % self.port if transport == "tcp" else "unix://" + self.sock_path
@@ -334,6 +337,7 @@ class Bench:
             "state_dir: %s" % os.path.join(self.tmp, "state-" + name),
             "redis:",
             '  url: "%s"' % url,
+        ] + list(redis_extra) + [
             "heartbeat:",
             "  interval: 10",
         ]
@@ -1473,11 +1477,84 @@ class Bench:
                     pass
             self.leftovers()
 
+    def replication(self):
+        """What `redis.wait_replicas: 1` costs per job: WAIT after the fetch's move and after the final commit."""
+        n = self.args.jobs
+        section = "9 replication"
+        print("\n== 9. Replication: %d jobs, script: true, one worker --burst, a replica attached; "
+              "without and with WAIT (best of %d rounds each) ==" % (n, self.args.rounds), flush=True)
+        # No 5 s pause before the replica's first (diskless) sync.
+        self.r("CONFIG", "SET", "repl-diskless-sync-delay", "0")
+        rport = free_port()
+        rdir = os.path.join(self.tmp, "replica")
+        os.makedirs(rdir, exist_ok=True)
+        replica = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(rport), "--save", "",
+                                    "--appendonly", "no", "--dir", rdir, "--daemonize", "no", "--loglevel", "warning",
+                                    "--replicaof", "127.0.0.1", str(self.port), "--logfile", os.path.join(rdir, "redis.log")],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    rr = Redis(port=rport)
+                    up = b"master_link_status:up" in rr("INFO", "replication")
+                    rr.close()
+                    if up:
+                        break
+                except (OSError, RedisError):
+                    pass
+                if replica.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the replica did not sync (see %s/redis.log)" % rdir)
+                time.sleep(0.05)
+            # The bare price: one write alone, and one write followed by WAIT 1 (a round trip more,
+            # plus the replica's acknowledgement).
+            rounds = 1000
+            t0 = time.monotonic()
+            for i in range(rounds):
+                self.r("SET", "bench:wait", str(i))
+            alone = (time.monotonic() - t0) / rounds
+            t0 = time.monotonic()
+            for i in range(rounds):
+                self.r("SET", "bench:wait", str(i))
+                if self.r("WAIT", "1", "1000") != 1:
+                    raise RuntimeError("WAIT 1 was not confirmed by the replica")
+            waited = (time.monotonic() - t0) / rounds
+            self.results.add(section, "SET alone / SET + WAIT 1 (%d each)" % rounds,
+                             "%.3f / %.3f ms (WAIT adds %.3f ms)" % (1000 * alone, 1000 * waited, 1000 * (waited - alone)))
+            per_job = {}
+            for k in range(self.args.rounds):
+                for waits in (0, 1):
+                    self.reset()
+                    cdir = self.write_config("replication-%d" % waits, redis_extra=["  wait_replicas: %d" % waits])
+                    ids = ["repl-%d-%d-%04d" % (waits, k, i) for i in range(n)]
+                    self.enqueue_all([{"id": i, "config": {"script": ["true"]}} for i in ids])
+                    wall, _, log_path = self.run_burst(cdir)
+                    passed = self.check_states(self.records(ids), "replication wait_replicas=%d" % waits)
+                    if passed != n:
+                        raise RuntimeError("%d of %d jobs passed with wait_replicas %d" % (passed, n, waits))
+                    with open(log_path, "rb") as f:
+                        if b"replica(s) confirmed within" in f.read():
+                            print("  WARNING: a WAIT fell short with wait_replicas %d (%s)" % (waits, log_path))
+                    per_job.setdefault(waits, []).append(wall / n)
+            best0, best1 = min(per_job[0]), min(per_job[1])
+            self.results.add(section, "per job, wait_replicas 0 (rounds: %s)" % ", ".join("%.2f" % (1000 * v) for v in per_job[0]),
+                             "%.2f ms (%.0f jobs/s)" % (1000 * best0, 1 / best0))
+            self.results.add(section, "per job, wait_replicas 1 (rounds: %s)" % ", ".join("%.2f" % (1000 * v) for v in per_job[1]),
+                             "%.2f ms (%.0f jobs/s)" % (1000 * best1, 1 / best1))
+            self.results.add(section, "what the two WAITs cost per job", "%.2f ms" % (1000 * (best1 - best0)), "report")
+        finally:
+            replica.terminate()
+            try:
+                replica.wait(10)
+            except subprocess.TimeoutExpired:
+                replica.kill()
+                replica.wait()
+
     def run(self):
         sections = [("throughput", self.throughput), ("checkout", self.checkout),
                     ("latency", self.latency), ("queues", self.queues), ("log", self.log_throughput),
                     ("log-secrets", self.log_throughput_with_secrets), ("virtualbox", self.virtualbox), ("lifecycle", self.lifecycle),
-                    ("master", self.master), ("qemu", self.qemu)]
+                    ("master", self.master), ("qemu", self.qemu), ("replication", self.replication)]
         wanted = set(self.args.only.split(",")) if self.args.only else None
         t0 = time.monotonic()
         try:
@@ -1538,7 +1615,7 @@ def main():
     ap.add_argument("--qemu-memory", type=int, default=256, help="vms.memory (MiB) of the qemu section's VMs (256)")
     ap.add_argument("--qemu-accel", choices=("auto", "kvm", "tcg"), default="auto",
                     help="qemu.accel of the qemu section (auto: kvm where it works, else tcg)")
-    ap.add_argument("--only", help="comma-separated sections: throughput,checkout,latency,log,log-secrets,virtualbox,lifecycle,master,qemu")
+    ap.add_argument("--only", help="comma-separated sections: throughput,checkout,latency,log,log-secrets,virtualbox,lifecycle,master,qemu,replication")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (worker logs, config)")
     args = ap.parse_args()
     if not os.access(args.tworker, os.X_OK):

@@ -18,6 +18,10 @@ final class HiredisSession: @unchecked Sendable {
     private var context: UnsafeMutablePointer<redisContext>?
     /// A connection opened after one was lost counts as a reconnect.
     private var connectedBefore = false
+    /// Sentinel endpoint: the sentinels, the one that last named the master first.
+    private var sentinelOrder: [RedisEndpoint.HostPort]?
+    /// Sentinel endpoint: registered with the process's `+switch-master` watch.
+    private var watching = false
 
     init(endpoint: RedisEndpoint, connectTimeout: Duration, commandTimeout: Duration, logger: Logger) {
         self.endpoint = endpoint
@@ -32,6 +36,7 @@ final class HiredisSession: @unchecked Sendable {
     /// needed). `socketTimeout` replaces the command timeout for this call; `.zero` means none.
     func execute(_ commands: [[[UInt8]]], socketTimeout: Duration? = nil) throws -> [RedisReply] {
         let ctx = try connectedContext()
+        defer { sockets.endCall() }
         let timeout = socketTimeout ?? commandTimeout
         if socketTimeout != nil {
             redisSetTimeout(ctx, Self.makeTimeval(timeout))
@@ -40,6 +45,11 @@ final class HiredisSession: @unchecked Sendable {
         if socketTimeout != nil, context == ctx {
             redisSetTimeout(ctx, Self.makeTimeval(commandTimeout))
         }
+        if case .sentinel = endpoint.address, SentinelDiscovery.mentionsReadOnly(replies) {
+            // The server was demoted (a failover): drop it, so the retry asks the sentinels again.
+            logger.warning("redis master turned replica (READONLY); asking the sentinels again", metadata: ["endpoint": "\(endpoint)"])
+            disconnect()
+        }
         return replies
     }
 
@@ -47,6 +57,7 @@ final class HiredisSession: @unchecked Sendable {
     /// a socket timeout, so only the server, a network error or an interrupt ends the wait.
     func readPushed() throws -> RedisReply {
         let ctx = try connectedContext()
+        defer { sockets.endCall() }
         redisSetTimeout(ctx, Self.makeTimeval(.zero))
         var raw: UnsafeMutableRawPointer?
         guard redisGetReply(ctx, &raw) == REDIS_OK, let raw else {
@@ -65,13 +76,68 @@ final class HiredisSession: @unchecked Sendable {
 
     // MARK: - Connecting
 
+    /// The live context, opened if needed, with a call begun on it (`sockets.endCall()` ends it).
     private func connectedContext() throws -> UnsafeMutablePointer<redisContext> {
-        if let context { return context }
-        let ctx = try openSocket()
+        if let context {
+            if sockets.beginCall() { return context }
+            // A failover made this connection stale (SentinelWatch): move to the new master.
+            logger.info("redis master changed; reconnecting", metadata: ["endpoint": "\(endpoint)"])
+            disconnect()
+        }
+        let (ctx, master) = try openConnection()
         context = ctx
         if connectedBefore { RedisConnection.reconnects.add(1, ordering: .relaxed) }
         connectedBefore = true
-        sockets.publish(ctx.pointee.fd)
+        sockets.publish(ctx.pointee.fd, master: master)
+        _ = sockets.beginCall()
+        if case let .sentinel(sentinels, masterName) = endpoint.address, !watching {
+            watching = true
+            SentinelWatch.register(sockets, sentinels: sentinels, masterName: masterName, logger: logger)
+        }
+        logger.debug("redis connected", metadata: ["endpoint": "\(endpoint)", "master": "\(master?.description ?? "-")"])
+        return ctx
+    }
+
+    /// A connection with AUTH/SELECT done; for a Sentinel endpoint, to the confirmed master
+    /// (which it returns too).
+    private func openConnection() throws -> (UnsafeMutablePointer<redisContext>, RedisEndpoint.HostPort?) {
+        switch endpoint.address {
+        case let .tcp(host, port):
+            return (try openPrepared(.tcp(host: host, port: port)), nil)
+        case let .unix(path):
+            return (try openPrepared(.unix(path: path)), nil)
+        case let .sentinel(sentinels, masterName):
+            let ordered = sentinelOrder ?? sentinels
+            let found = try SentinelDiscovery.discover(
+                sentinels: ordered, masterName: masterName,
+                ask: { sentinel in try askSentinel(sentinel, masterName: masterName) },
+                open: { master in try openPrepared(.tcp(host: master.host, port: master.port)) },
+                role: { ctx in try SentinelDiscovery.role(from: try roundTrip(ctx, [[Array("ROLE".utf8)]], timeout: commandTimeout, owned: false)[0]) },
+                close: { ctx in redisFree(ctx) })
+            if found.sentinelIndex > 0 {
+                // The sentinel that knew is asked first next time.
+                var reordered = ordered
+                reordered.insert(reordered.remove(at: found.sentinelIndex), at: 0)
+                sentinelOrder = reordered
+            }
+            return (found.connection, found.master)
+        }
+    }
+
+    /// `SENTINEL get-master-addr-by-name` on one sentinel, over a connection of its own.
+    private func askSentinel(_ sentinel: RedisEndpoint.HostPort, masterName: String) throws -> RedisEndpoint.HostPort? {
+        let ctx = try openSocket(.tcp(host: sentinel.host, port: sentinel.port))
+        defer { redisFree(ctx) }
+        // A sentinel answers from memory: a short limit keeps a hung one from stalling discovery.
+        if connectTimeout > .zero { redisSetTimeout(ctx, Self.makeTimeval(connectTimeout)) }
+        let command = ["SENTINEL", "get-master-addr-by-name", masterName].map { Array($0.utf8) }
+        let reply = try roundTrip(ctx, [command], timeout: connectTimeout, owned: false)[0]
+        return try SentinelDiscovery.masterAddress(from: reply)
+    }
+
+    /// Opens a socket and does AUTH/SELECT; frees it on any failure.
+    private func openPrepared(_ address: RedisEndpoint.Address) throws -> UnsafeMutablePointer<redisContext> {
+        let ctx = try openSocket(address)
         do {
             if let password = endpoint.password {
                 var auth: [[UInt8]] = [Array("AUTH".utf8)]
@@ -83,34 +149,40 @@ final class HiredisSession: @unchecked Sendable {
                 try handshake(ctx, [Array("SELECT".utf8), Array(String(endpoint.database).utf8)], what: "SELECT")
             }
         } catch {
-            disconnect()
+            redisFree(ctx)
             throw error
         }
-        logger.debug("redis connected", metadata: ["endpoint": "\(endpoint)"])
         return ctx
     }
 
-    private func openSocket() throws -> UnsafeMutablePointer<redisContext> {
+    private func openSocket(_ address: RedisEndpoint.Address) throws -> UnsafeMutablePointer<redisContext> {
         let maybeContext: UnsafeMutablePointer<redisContext>?
         // A zero timeval would make hiredis give up at once, so zero means "no connect timeout".
         let limited = connectTimeout > .zero
-        switch endpoint.address {
+        let shown: String
+        switch address {
         case let .tcp(host, port):
+            shown = RedisEndpoint.HostPort(host: host, port: port).description
             maybeContext = limited
                 ? redisConnectWithTimeout(host, Int32(port), Self.makeTimeval(connectTimeout))
                 : redisConnect(host, Int32(port))
         case let .unix(path):
+            shown = path
             maybeContext = limited
                 ? redisConnectUnixWithTimeout(path, Self.makeTimeval(connectTimeout))
                 : redisConnectUnix(path)
+        case .sentinel:
+            throw RedisError.connectionFailed("\(endpoint): a sentinel address has no socket of its own")
         }
+        // For a Sentinel endpoint the server in question is the one named, not the endpoint.
+        let what = if case .sentinel = endpoint.address { shown } else { "\(endpoint)" }
         guard let ctx = maybeContext else {
-            throw RedisError.connectionFailed("\(endpoint): cannot allocate a hiredis context")
+            throw RedisError.connectionFailed("\(what): cannot allocate a hiredis context")
         }
         if ctx.pointee.err != 0 {
             let message = Self.errorText(ctx)
             redisFree(ctx)
-            throw RedisError.connectionFailed("\(endpoint): \(message)")
+            throw RedisError.connectionFailed("\(what): \(message)")
         }
         redisSetTimeout(ctx, Self.makeTimeval(commandTimeout))
         return ctx
@@ -120,7 +192,7 @@ final class HiredisSession: @unchecked Sendable {
     private func handshake(_ ctx: UnsafeMutablePointer<redisContext>, _ command: [[UInt8]], what: String) throws {
         let reply: RedisReply
         do {
-            reply = try roundTrip(ctx, [command], timeout: commandTimeout)[0]
+            reply = try roundTrip(ctx, [command], timeout: commandTimeout, owned: false)[0]
         } catch let RedisError.connectionLost(message) {
             throw RedisError.connectionFailed("\(what) failed: \(message)")
         }
@@ -131,18 +203,20 @@ final class HiredisSession: @unchecked Sendable {
 
     // MARK: - Round trip
 
+    /// `owned: false` for a context not (yet) the session's own: a failure leaves freeing it
+    /// to the caller.
     private func roundTrip(
-        _ ctx: UnsafeMutablePointer<redisContext>, _ commands: [[[UInt8]]], timeout: Duration
+        _ ctx: UnsafeMutablePointer<redisContext>, _ commands: [[[UInt8]]], timeout: Duration, owned: Bool = true
     ) throws -> [RedisReply] {
         for command in commands where Self.append(ctx, command) != REDIS_OK {
-            throw lost(ctx, timeout: timeout)
+            throw lost(ctx, timeout: timeout, owned: owned)
         }
         var replies: [RedisReply] = []
         replies.reserveCapacity(commands.count)
         for _ in commands {
             var raw: UnsafeMutableRawPointer?
             guard redisGetReply(ctx, &raw) == REDIS_OK, let raw else {
-                throw lost(ctx, timeout: timeout)
+                throw lost(ctx, timeout: timeout, owned: owned)
             }
             replies.append(Self.convert(raw.assumingMemoryBound(to: redisReply.self)))
             freeReplyObject(raw)
@@ -150,8 +224,8 @@ final class HiredisSession: @unchecked Sendable {
         return replies
     }
 
-    /// A failed read/write leaves the context unusable: free it and describe why.
-    private func lost(_ ctx: UnsafeMutablePointer<redisContext>, timeout: Duration) -> RedisError {
+    /// A failed read/write leaves the context unusable: free it (when `owned`) and describe why.
+    private func lost(_ ctx: UnsafeMutablePointer<redisContext>, timeout: Duration, owned: Bool = true) -> RedisError {
         var message = Self.errorText(ctx)
         if message.isEmpty || message == String(cString: strerror(EAGAIN)) {
             message = timeout > .zero ? "no reply within \(timeout)" : "no reply"
@@ -159,7 +233,7 @@ final class HiredisSession: @unchecked Sendable {
         logger.debug("redis connection lost", metadata: ["endpoint": "\(endpoint)", "error": "\(message)"])
         if context == ctx {
             disconnect()
-        } else {
+        } else if owned {
             sockets.retire { redisFree(ctx) }
         }
         return .connectionLost("\(endpoint): \(message)")

@@ -89,6 +89,12 @@ public final class RedisConnection: Sendable {
         }
     }
 
+    /// Closes the socket after the calls queued before it; the next call connects again (for a
+    /// Sentinel endpoint, to the master the sentinels name by then). The connection stays usable.
+    public func reconnect() async {
+        _ = try? await worker.submit { session in session.disconnect() }
+    }
+
     /// Closes the connection and stops its thread; interrupts an in-flight call. Idempotent.
     public func close() {
         worker.stop()

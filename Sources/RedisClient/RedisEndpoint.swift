@@ -1,11 +1,56 @@
 import Foundation
 
-/// Where and how to reach one Redis server (TCP or unix socket, credentials, database).
+/// Where and how to reach one Redis server (TCP or unix socket, or the master that Redis
+/// Sentinel names; credentials, database).
 public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
     /// The transport address of the server.
     public enum Address: Sendable, Equatable {
         case tcp(host: String, port: Int)
         case unix(path: String)
+        /// Whichever server the sentinels name as `masterName`'s master, asked on every
+        /// (re)connect, so a failover moves every connection to the new master.
+        case sentinel(sentinels: [HostPort], masterName: String)
+    }
+
+    /// A `host:port` pair (a sentinel, or the master a sentinel names).
+    public struct HostPort: Sendable, Hashable, CustomStringConvertible {
+        public var host: String
+        public var port: Int
+
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
+
+        /// Parses `host:port` or `[ipv6]:port`; the port is required (1-65535). The error is
+        /// one line quoting the text.
+        public init(parsing text: String) throws(RedisURLError) {
+            let hostPart: Substring
+            let portPart: Substring
+            if text.hasPrefix("[") {
+                guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
+                    throw RedisURLError("'\(text)' is not host:port ([ipv6]:port for an IPv6 address)")
+                }
+                hostPart = text[text.index(after: text.startIndex)..<close]
+                portPart = text[text.index(close, offsetBy: 2)...]
+            } else {
+                let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+                guard parts.count == 2 else {
+                    throw RedisURLError("'\(text)' is not host:port ([ipv6]:port for an IPv6 address)")
+                }
+                (hostPart, portPart) = (parts[0], parts[1])
+            }
+            guard !hostPart.isEmpty, !hostPart.contains(where: { $0 == " " || $0 == "/" || $0 == "@" }) else {
+                throw RedisURLError("'\(text)' has no valid host")
+            }
+            guard !portPart.isEmpty, portPart.count <= 5, portPart.allSatisfy(\.isASCIIDigit),
+                  let port = Int(portPart), (1...65535).contains(port) else {
+                throw RedisURLError("'\(text)' has port '\(portPart)', which is not in 1-65535")
+            }
+            self.init(host: String(hostPart), port: port)
+        }
+
+        public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
     }
 
     public var address: Address
@@ -42,7 +87,16 @@ public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
             return "redis://\(credentials)\(shownHost):\(port)/\(database)"
         case let .unix(path):
             return "unix://\(credentials)\(path)" + (database == 0 ? "" : "?db=\(database)")
+        case let .sentinel(sentinels, masterName):
+            return "sentinel://\(credentials)\(sentinels.map(\.description).joined(separator: ","))/\(masterName)/\(database)"
         }
+    }
+
+    /// The master `masterName` that `sentinels` name, with the credentials and database of
+    /// `base` (whose own address is dropped: Sentinel says where the master is).
+    public static func sentinel(_ sentinels: [HostPort], masterName: String, credentialsFrom base: RedisEndpoint? = nil) -> RedisEndpoint {
+        RedisEndpoint(address: .sentinel(sentinels: sentinels, masterName: masterName), password: base?.password,
+                      database: base?.database ?? 0, username: base?.username)
     }
 }
 
@@ -71,7 +125,7 @@ private struct RedisURLParser {
 
     func parse() throws -> RedisEndpoint {
         if url.hasPrefix("rediss://") {
-            throw fail("'\(shown)' uses TLS (rediss://), which is not supported")
+            throw fail("'\(shown)' uses TLS (rediss://), which hiredis 0.14 cannot speak; put Redis behind spiped or stunnel and use redis:// to the local end (README: \"Redis across hosts: spiped or stunnel\")")
         }
         // Exact, case-sensitive prefixes (URLComponents would take "REDIS:" or "redis:host").
         let isUnix = url.hasPrefix("unix://")

@@ -9,9 +9,10 @@ public enum RedisError: Error, Sendable, Equatable, CustomStringConvertible {
 
     /// Error codes a server answers while it cannot serve for a moment: after a restart
     /// (`LOADING`), during a long script (`BUSY`), on a replica cut off from or demoted from its
-    /// master (`MASTERDOWN`, `READONLY`), or while a cluster settles (`TRYAGAIN`, `CLUSTERDOWN`).
-    /// Nothing was done, so the same command can be sent again once the server is back.
-    public static let transientCodes: Set<String> = ["LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN"]
+    /// master (`MASTERDOWN`, `READONLY`, and `UNBLOCKED` to a blocking read the demotion ended),
+    /// or while a cluster settles (`TRYAGAIN`, `CLUSTERDOWN`). Nothing was done, so the same
+    /// command can be sent again once the server is back.
+    public static let transientCodes: Set<String> = ["LOADING", "BUSY", "MASTERDOWN", "READONLY", "UNBLOCKED", "TRYAGAIN", "CLUSTERDOWN"]
 
     /// True for `connectionFailed` and `connectionLost`.
     public var isConnectionError: Bool {

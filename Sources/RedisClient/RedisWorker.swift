@@ -10,23 +10,59 @@ import Darwin
 /// The socket of the live hiredis context, published so other threads can `shutdown(2)` it to
 /// interrupt a blocked read. The fd is only closed while this lock is held, so a shutdown can
 /// never hit a recycled descriptor.
+///
+/// For a Sentinel endpoint it also knows which master the socket talks to: a failover
+/// (`SentinelWatch`) marks it stale, so the next call reconnects first, and interrupts the
+/// call in flight, which then fails as a lost connection and is retried on the new master.
 final class SocketRegistry: Sendable {
-    private let fd = Mutex<Int32>(-1)
+    private struct State {
+        var fd: Int32 = -1
+        var master: RedisEndpoint.HostPort?
+        var busy = false
+        var stale = false
+    }
 
-    func publish(_ descriptor: Int32) { fd.withLock { $0 = descriptor } }
+    private let state = Mutex(State())
+
+    func publish(_ descriptor: Int32, master: RedisEndpoint.HostPort? = nil) {
+        state.withLock { $0 = State(fd: descriptor, master: master) }
+    }
 
     /// Runs `close` (which must close the descriptor) with the registry cleared, under the lock.
     func retire(_ close: () -> Void) {
-        fd.withLock { value in
-            value = -1
+        state.withLock { value in
+            value = State()
             close()
         }
     }
 
     /// Wakes any thread blocked on the socket; the context is then unusable and gets freed.
     func shutdownSocket() {
-        fd.withLock { value in
-            if value >= 0 { _ = shutdown(value, Int32(SHUT_RDWR)) }
+        state.withLock { value in
+            if value.fd >= 0 { _ = shutdown(value.fd, Int32(SHUT_RDWR)) }
+        }
+    }
+
+    /// Before a round trip: false when the connection went stale (reconnect first).
+    func beginCall() -> Bool {
+        state.withLock { value in
+            if value.stale { return false }
+            value.busy = true
+            return true
+        }
+    }
+
+    func endCall() {
+        state.withLock { $0.busy = false }
+    }
+
+    /// The master is now `master`: a connection to another server is stale, and a call
+    /// blocked on it is interrupted.
+    func masterSwitched(to master: RedisEndpoint.HostPort) {
+        state.withLock { value in
+            guard value.fd >= 0, let current = value.master, current != master else { return }
+            value.stale = true
+            if value.busy { _ = shutdown(value.fd, Int32(SHUT_RDWR)) }
         }
     }
 }

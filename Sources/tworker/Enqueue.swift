@@ -72,7 +72,8 @@ struct Enqueue: AsyncParsableCommand {
             defer { setup.shutdown() }
             let redis = setup.connect()
             defer { redis.close() }
-            let store = JobStore(redis: redis, keys: keys, retention: config.reporting.retention, worker: "", logger: logger)
+            var store = JobStore(redis: redis, keys: keys, retention: config.reporting.retention, worker: "", logger: logger)
+            store.replicaWait = setup.replicaWait
             let id = job.payload.id
             try await store.queued(raw, id: id, queue: queueName, at: queuedAt)
             print(id)

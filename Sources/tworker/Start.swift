@@ -73,8 +73,8 @@ struct Start: AsyncParsableCommand {
                     try ConfigLoader(configDir: global.configDir, env: global.env, verbose: global.verbose ? true : nil).load().config
                 },
                 configDir: global.configDir ?? ProcessInfo.processInfo.environment["TWORKER_CONFIG_DIR"],
-                pinnedEnvironment: ["REDIS_URL": redis.url, "TWORKER_STATE_DIR": Self.absolute(config.stateDir),
-                                    "TWORKER_REDIS_NAMESPACE": config.redis.namespace],
+                pinnedEnvironment: redis.childEnvironment.merging(["TWORKER_STATE_DIR": Self.absolute(config.stateDir),
+                                                                   "TWORKER_REDIS_NAMESPACE": config.redis.namespace]) { $1 },
                 reaper: Master.processingReaper)
             // The listener's port is checked before any worker starts: no silent dashboard-less pool.
             let listen = config.http.listen.isEmpty ? nil : try ListenAddress(config.http.listen)

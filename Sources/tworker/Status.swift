@@ -54,14 +54,15 @@ struct Status: AsyncParsableCommand {
 /// without a master, `hosts`, `drain`): it never starts the embedded server.
 func lookupConnection(_ config: WorkerConfig) throws -> RedisConnection {
     let endpoint: RedisEndpoint
-    if config.redis.url == "embedded" {
-        let socket = (config.stateDir as NSString).appendingPathComponent("redis/redis.sock")
+    if let external = try RedisSetup.externalEndpoint(config) {
+        // redis.url, or with redis.sentinels the master they name.
+        endpoint = external
+    } else {
+        let socket = EmbeddedRedis.socketPath(stateDir: config.stateDir)
         guard FileManager.default.fileExists(atPath: socket) else {
             throw ControlClient.Failure.failed("no master running on this host, and the embedded redis-server is not running (\(socket)): nothing to show")
         }
         endpoint = try RedisEndpoint(url: "unix://" + socket)
-    } else {
-        endpoint = try RedisEndpoint(url: config.redis.url)
     }
     return RedisConnection(endpoint: endpoint, connectTimeout: .seconds(2), commandTimeout: .seconds(5))
 }

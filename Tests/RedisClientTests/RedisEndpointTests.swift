@@ -68,7 +68,7 @@ struct RedisEndpointTests {
         ("foo", "redis.url: 'foo' is not a redis:// or unix:// URL"),
         ("http://host:6379", "redis.url: 'http://host:6379' is not a redis:// or unix:// URL"),
         ("", "redis.url: '' is not a redis:// or unix:// URL"),
-        ("rediss://host", "redis.url: 'rediss://host' uses TLS (rediss://), which is not supported"),
+        ("rediss://host", "redis.url: 'rediss://host' uses TLS (rediss://), which hiredis 0.14 cannot speak; put Redis behind spiped or stunnel and use redis:// to the local end (README: \"Redis across hosts: spiped or stunnel\")"),
         ("redis://", "redis.url: 'redis://' has no host"),
         ("redis://:6379/1", "redis.url: 'redis://:6379/1' has no host"),
         ("redis://host:0", "redis.url: 'redis://host:0' has port '0', which is not in 1-65535"),

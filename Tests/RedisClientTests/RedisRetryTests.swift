@@ -135,7 +135,8 @@ struct RedisRetryTests {
 struct TransientReplyTests {
     @Test(arguments: ["LOADING Redis is loading the dataset in memory", "BUSY Redis is busy running a script",
                       "MASTERDOWN Link with MASTER is down", "READONLY You can't write against a read only replica.",
-                      "TRYAGAIN Multiple keys request during rehashing", "CLUSTERDOWN The cluster is down"])
+                      "TRYAGAIN Multiple keys request during rehashing", "CLUSTERDOWN The cluster is down",
+                      "UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)"])
     func aTransientReplyIsRetriedWithTheSameBackoffAsALostConnection(message: String) async throws {
         let clock = RecordingClock()
         let calls = Counter()

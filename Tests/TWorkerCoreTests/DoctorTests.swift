@@ -214,6 +214,20 @@ final class FakeDoctorHost: DoctorProbing {
         #expect(check.status == .fail && check.detail.contains("role slave") && check.fix == "point redis.url at the master")
     }
 
+    @Test func withSentinelsDoctorAsksTheMasterTheyName() async throws {
+        let config = Self.config {
+            $0.redis.url = "embedded"
+            $0.redis.sentinels = ["127.0.0.1:26379", "127.0.0.1:26380"]
+            $0.redis.masterName = "tworker"
+        }
+        let ok = try Self.check(await Self.run(config, Self.healthyHost()), "redis")
+        #expect(ok.status == .ok)
+        #expect(ok.detail == "sentinel://127.0.0.1:26379,127.0.0.1:26380/tworker/0 reachable (role master, 7.0.15)", "\(ok.detail)")
+        let down = try Self.check(await Self.run(config, Self.healthyHost { $0.redis = .failure(RedisError.connectionFailed("no sentinel led to master 'tworker'")) }), "redis")
+        #expect(down.status == .fail)
+        #expect(down.fix == "start that redis-server, or correct redis.sentinels and redis.master_name")
+    }
+
     @Test func embeddedRedisNotRunningIsFineWhenRedisServerIsThere() async throws {
         let config = Self.config { $0.redis.url = "embedded" }
         let ok = try Self.check(await Self.run(config, Self.healthyHost()), "redis")

@@ -37,6 +37,26 @@ import TWorkerTestSupport
         }
     }
 
+    @Test func aLoneMasterWithoutReplicasKeepsServingWhenWaitIsOn() async throws {
+        try await withQueues("builds") { queue, redis in
+            var waiting = queue
+            waiting.replicaWait = ReplicaWait(replicas: 1, timeout: 50)
+            for id in ["a", "b", "c"] { _ = try await redis.send(["RPUSH", "ns:queue:builds", job(id)]) }
+            // No replica confirms: the first WAIT falls short (50 ms), the others take at most
+            // 10 ms; the move is on the master found again, so every job is taken, none dropped.
+            var taken: [String] = []
+            while let next = try await waiting.take(block: nil) { taken.append(String(decoding: next.raw, as: UTF8.self)) }
+            #expect(taken == ["a", "b", "c"].map(job))
+            #expect(waiting.replicaWait?.isDegraded == true)
+            #expect(waiting.replicaWait?.command == ["WAIT", "1", "10"])
+            #expect(try await waiting.unfinished().count == 3)
+            // The final commit stands on the lone master too: written once, the entry gone.
+            try await waiting.complete(Array(job("a").utf8), with: [["SET", "done:a", "1"]])
+            #expect(try await redis.send(["GET", "done:a"]).string == "1")
+            #expect(try await waiting.unfinished().count == 2)
+        }
+    }
+
     @Test func starIsEveryKnownQueueSortedAfterTheNamedOnes() async throws {
         try await withQueues("urgent,*") { queue, redis in
             for name in ["zeta", "alpha", "urgent"] {

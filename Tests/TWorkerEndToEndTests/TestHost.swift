@@ -18,6 +18,10 @@ struct TestHost: Sendable {
     /// The master's HTTP listener: a free port of its own, so masters of tests running side by
     /// side never meet on the default 9252.
     let httpPort: Int
+    /// The config's `redis:` mapping, indented; nil: `url:` of `redisServer`.
+    var redisSection: String? = nil
+    /// `heartbeat.interval`; its keys expire after three intervals.
+    var heartbeatInterval = 1
 
     var configDir: String { directory.path + "/config" }
     var stateDir: String { directory.path + "/var" }
@@ -45,9 +49,9 @@ struct TestHost: Sendable {
         host: testhost
         state_dir: \(stateDir)
         redis:
-          url: \(redisServer.url)
+        \(redisSection ?? "  url: \(redisServer.url)")
         heartbeat:
-          interval: 1
+          interval: \(heartbeatInterval)
         \(extra.contains("http:") ? "" : "http:\n  listen: 127.0.0.1:\(httpPort)")
         \(extra)
         """

@@ -1,4 +1,5 @@
 import Foundation
+import RedisClient
 
 /// Where an effective configuration value came from.
 public struct ConfigOrigin: Sendable, Equatable, Hashable, CustomStringConvertible {
@@ -215,7 +216,7 @@ public struct ConfigLoader: Sendable {
         let context = ConfigKey.Context(currentDirectory: currentDirectory, hostname: hostname ?? currentHostname())
         var (config, origins) = Self.resolve(env: envName, tree: merged, overrides: overrides, context: context)
         let missing = Self.providerRequirements(config, origins: origins) + Self.listenerRequirements(config, origins: origins)
-            + Self.workloadRequirements(config, origins: origins)
+            + Self.workloadRequirements(config, origins: origins) + Self.sentinelRequirements(config, origins: origins)
         guard missing.isEmpty else { throw ConfigError(problems: missing) }
         if readsSecrets {
             config.secrets.variables = try SecretsFile.load(path: absoluteDir + "/" + SecretsFile.name,
@@ -234,6 +235,34 @@ public struct ConfigLoader: Sendable {
         }
         if config.qemu.initrd != nil || config.qemu.append != nil, config.qemu.kernel == nil {
             problems.append("\(origin)qemu.kernel: must be set when qemu.initrd or qemu.append is (they belong to a direct kernel boot)")
+        }
+        return problems
+    }
+
+    /// `redis.sentinels` must be `host:port` items and comes with `redis.master_name` (and the
+    /// other way round); `redis.url` may then only add credentials (a `redis://` URL).
+    static func sentinelRequirements(_ config: WorkerConfig, origins: [String: ConfigOrigin]) -> [String] {
+        let redis = config.redis
+        let sentinelsAt = origins["redis.sentinels"].map { "\($0): " } ?? ""
+        if redis.sentinels.isEmpty {
+            guard redis.masterName != nil else { return [] }
+            let at = origins["redis.master_name"].map { "\($0): " } ?? ""
+            return ["\(at)redis.master_name: needs redis.sentinels (the host:port of each sentinel)"]
+        }
+        var problems: [String] = []
+        for (index, item) in redis.sentinels.enumerated() {
+            do {
+                _ = try RedisEndpoint.HostPort(parsing: item)
+            } catch {
+                problems.append("\(sentinelsAt)redis.sentinels: item \(index + 1): \(error.message)")
+            }
+        }
+        if redis.masterName == nil {
+            problems.append("\(sentinelsAt)redis.master_name: must be set with redis.sentinels (the name in the sentinels' `sentinel monitor <name> ...`)")
+        }
+        if redis.url.hasPrefix("unix://") {
+            let at = origins["redis.url"].map { "\($0): " } ?? ""
+            problems.append("\(at)redis.url: a unix:// URL cannot go with redis.sentinels (Sentinel names a TCP master); give redis:// for credentials only, or leave redis.url out")
         }
         return problems
     }

@@ -1,4 +1,5 @@
 import Foundation
+import RedisClient
 import Yams
 
 /// The key table: one line per configuration key. Order matters where a default reads an
@@ -13,6 +14,11 @@ enum ConfigSchema {
 
         .redisURL("redis.url", "embedded", \.redis.url, env: "REDIS_URL"),
         .string("redis.namespace", "resque", \.redis.namespace, env: "TWORKER_REDIS_NAMESPACE"),
+        .stringList("redis.sentinels", [], \.redis.sentinels, env: "TWORKER_REDIS_SENTINELS"),
+        .optionalString("redis.master_name", \.redis.masterName, env: "TWORKER_REDIS_MASTER_NAME"),
+        // With Sentinel there is a replica to confirm writes; without, WAIT would only wait.
+        .int("redis.wait_replicas", { config, _ in config.redis.sentinels.isEmpty ? 0 : 1 }, 0...16, \.redis.waitReplicas),
+        .int("redis.wait_timeout", 1000, 1...60_000, \.redis.waitTimeout),
 
         .int("vms.count", { config, _ in config.workload.isEmpty ? 1 : config.workload.count }, 1...64, \.vms.count),
         .string("vms.name_prefix", { config, _ in "tworker-\(config.env)-" }, \.vms.namePrefix, allowEmpty: true),
@@ -222,6 +228,14 @@ enum ConfigKind: Sendable {
         case (.choice(let choices), .string(let s)) where !choices.contains(s):
             return .failure(ConfigMessage(
                 "invalid value \"\(s)\" (expected one of: \(choices.joined(separator: ", ")))"))
+        case (.redisURL, .string(let s)) where s.hasPrefix("rediss://"):
+            // The parser's own words (which point at the spiped/stunnel README section).
+            do {
+                _ = try RedisEndpoint(url: s)
+                return .success(value)
+            } catch {
+                return .failure(ConfigMessage((error as? RedisURLError)?.message ?? "\(error)"))
+            }
         case (.redisURL, .string(let s))
             where s != "embedded" && !s.hasPrefix("redis://") && !s.hasPrefix("unix://"):
             return .failure(ConfigMessage(

@@ -56,9 +56,21 @@ public struct WorkerConfig: Sendable, Equatable {
 
     /// Redis connection settings.
     public struct Redis: Sendable, Equatable {
-        /// `embedded`, `redis://...` or `unix://...`.
+        /// `embedded`, `redis://...` or `unix://...`. With `sentinels`, only a `redis://` URL's
+        /// credentials and database count (Sentinel says where the master is).
         public var url: String
         public var namespace: String
+        /// `host:port` of Redis Sentinels; when set, the master is found through them.
+        public var sentinels: [String] = []
+        /// The name the sentinels monitor the master under (`sentinel monitor <name> ...`).
+        public var masterName: String? = nil
+        /// Replicas that must confirm the fetch's move and a job's final state (`WAIT`); 0: no WAIT.
+        public var waitReplicas: Int = 0
+        /// Milliseconds one `WAIT` waits for them.
+        public var waitTimeout: Int = 1000
+
+        /// `redis.url: embedded` and no sentinels: tworker's own redis-server under `state_dir`.
+        public var usesEmbedded: Bool { url == "embedded" && sentinels.isEmpty }
     }
 
     /// Settings of the worker's VM pool.

@@ -62,19 +62,23 @@ public struct Doctor: Sendable {
     // MARK: - Redis
 
     func redisChecks(account: WorkerAccount?) async -> [DoctorCheck] {
-        guard config.redis.url == "embedded" else {
+        guard config.redis.usesEmbedded else {
+            // The endpoint every command uses: with redis.sentinels, the master they name
+            // (found and ROLE-checked the same way the workers find it).
             let endpoint: RedisEndpoint
             do {
-                endpoint = try RedisEndpoint(url: config.redis.url)
+                guard let external = try RedisSetup.externalEndpoint(config) else { return [] }
+                endpoint = external
             } catch {
                 return [.fail("redis", "\(error)", fix: "correct redis.url (or REDIS_URL)")]
             }
+            let setting = config.redis.sentinels.isEmpty ? "redis.url (or REDIS_URL)" : "redis.sentinels and redis.master_name"
             do {
                 let facts = try await probes.redis(endpoint)
                 return [redisRoleCheck(facts, where: endpoint.description)]
             } catch {
                 return [.fail("redis", "\(endpoint.description) unreachable: \(error)",
-                              fix: "start that redis-server, or correct redis.url (or REDIS_URL)")]
+                              fix: "start that redis-server, or correct \(setting)")]
             }
         }
         let socket = EmbeddedRedis.socketPath(stateDir: config.stateDir)

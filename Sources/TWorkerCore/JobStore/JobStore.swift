@@ -43,6 +43,8 @@ public struct JobStore: Sendable {
     public let logger: Logger
     /// The worker's Resque registration, kept current with each job (nil for the CLI and the reaper).
     public var resque: ResqueWorkerRegistry?
+    /// Replicas that must confirm an enqueue (`redis.wait_replicas`); nil: no WAIT.
+    public var replicaWait: ReplicaWait?
 
     public init(redis: RedisConnection, keys: RedisKeys, retention: Int, worker: String, logger: Logger) {
         self.redis = redis
@@ -140,10 +142,15 @@ public struct JobStore: Sendable {
     /// Not retried: a lost reply would leave unknown whether the job was queued.
     public func queued(_ raw: [UInt8], id: String, queue: String, at queuedAt: String) async throws {
         let record = ["HSET", keys.job(id), "state", JobState.queued.rawValue, "queued_at", queuedAt, "attempts", "0", "queue", queue]
-        _ = try await redis.checkedPipeline(bytes: Self.transaction([
+        let transaction = Self.transaction([
             Self.bytes(record), Self.bytes(["EXPIRE", keys.job(id), String(retention)]),
             Self.bytes(["SADD", keys.queues, queue]), [Array("RPUSH".utf8), Array(keys.queue(queue).utf8), raw],
-        ]))
+        ])
+        let wait = replicaWait.map { [Self.bytes($0.command)] } ?? []
+        let replies = try await redis.pipeline(bytes: transaction + wait)
+        _ = try Array(replies.prefix(transaction.count)).checkedForWrite()
+        // Said, not fatal: the job is queued on the master either way.
+        replicaWait?.check(replies.count > transaction.count ? replies.last : nil, what: "queueing job \(id)", logger: logger)
     }
 
     /// A worker took the job into its processing `list`; `rerun` starts a fresh log for an id

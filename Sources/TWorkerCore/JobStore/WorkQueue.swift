@@ -20,9 +20,13 @@ public struct WorkQueue: Sendable {
     public let queues: QueueList
     public let vm: String
     public let logger: Logger
+    /// Replicas that must confirm the move into the processing list and the final commit
+    /// (`redis.wait_replicas`); nil: no WAIT.
+    public var replicaWait: ReplicaWait?
 
     public init(redis: RedisConnection, blockingRedis: RedisConnection, keys: RedisKeys, queue: String, queues: QueueList? = nil,
-                vm: String, logger: Logger) {
+                vm: String, logger: Logger, replicaWait: ReplicaWait? = nil) {
+        self.replicaWait = replicaWait
         self.redis = redis
         self.blockingRedis = blockingRedis
         self.keys = keys
@@ -37,7 +41,8 @@ public struct WorkQueue: Sendable {
 
     /// The same lists, holding a job that came from `queue`.
     public func holding(from queue: String) -> WorkQueue {
-        WorkQueue(redis: redis, blockingRedis: blockingRedis, keys: keys, queue: queue, queues: queues, vm: vm, logger: logger)
+        WorkQueue(redis: redis, blockingRedis: blockingRedis, keys: keys, queue: queue, queues: queues, vm: vm, logger: logger,
+                  replicaWait: replicaWait)
     }
 
     // MARK: - Taking a job
@@ -102,6 +107,19 @@ public struct WorkQueue: Sendable {
             let reply = try await blockingRedis.send(command)
             let parts = reply.array ?? []
             if parts.count == 3, parts[0].string == "job", let queue = parts[1].string, case .bulk(let raw) = parts[2] {
+                if let replicaWait {
+                    // On the same connection: WAIT counts this client's writes. A lost
+                    // connection here (the master died) throws: the caller then runs the job
+                    // only if the new master's processing list has it (the move replicated);
+                    // otherwise it is still in the queue there, for anyone.
+                    let confirmed = replicaWait.check(try await blockingRedis.pipeline([replicaWait.command]).first,
+                                                      what: "moving a job into \(processingKey)", logger: logger)
+                    if !confirmed, try await !isOnCurrentMaster(raw) {
+                        logger.warning("a job taken on a master that is no longer the master was dropped; it is still queued on the new one",
+                                       metadata: ["queue": "\(queue)"])
+                        continue
+                    }
+                }
                 return Taken(queue: queue, raw: raw)
             }
             guard parts.count == 1, parts[0].string == "empty" else {
@@ -115,6 +133,16 @@ public struct WorkQueue: Sendable {
             // that long. The wait is this process's own; every push is seen within the interval.
             try await Task.sleep(for: min(left, Self.pollInterval))
         }
+    }
+
+    /// After an unconfirmed move: whether the master as it is found now (for a Sentinel
+    /// endpoint, asked of the sentinels again) holds `raw` in the processing list. A lone master
+    /// does (the pool keeps working without a replica); an old master that a failover replaced
+    /// while it still took writes does not, and the job is still in the new master's queue.
+    private func isOnCurrentMaster(_ raw: [UInt8]) async throws -> Bool {
+        await blockingRedis.reconnect()
+        await redis.reconnect()
+        return try await holds(raw)
     }
 
     /// `take` without the queue.
@@ -171,14 +199,28 @@ public struct WorkQueue: Sendable {
     /// reply checked (an error inside EXEC's results too).
     ///
     /// If the connection drops before the reply arrives the transaction may or may not have run;
-    /// the entry's presence in the processing list tells which, so it never runs twice.
+    /// the entry's presence in the processing list tells which, so it never runs twice. That
+    /// holds across a failover too: asked on the new master, the list says whether the
+    /// transaction reached it (the `WAIT` behind it confirms it did before this returns).
     private func commitRemoving(_ raw: [UInt8], commands: [[[UInt8]]]) async throws {
         let transaction = JobStore.transaction(commands + [[Array("LREM".utf8), Array(processingKey.utf8), Array("1".utf8), raw]])
+        let wait = replicaWait.map { [JobStore.bytes($0.command)] } ?? []
         var tries = 0
         _ = try await withRedisRetry(logger: logger, what: "commit job state") { () async throws -> [RedisReply]? in
             tries += 1
             if tries > 1, try await !holdsOnce(raw) { return nil }
-            return try await redis.pipeline(bytes: transaction).checkedForWrite(accepting: JobStore.isLogEntryAlreadyWritten)
+            let replies = try await redis.pipeline(bytes: transaction + wait)
+            let written = try Array(replies.prefix(transaction.count)).checkedForWrite(accepting: JobStore.isLogEntryAlreadyWritten)
+            if let replicaWait, !replicaWait.check(replies.count > transaction.count ? replies.last : nil,
+                                                   what: "committing a job's state", logger: logger) {
+                // Unconfirmed: the master as found now must not still hold the entry (an old
+                // master replaced while it took the commit); if it does, write it again there.
+                await redis.reconnect()
+                if try await holdsOnce(raw) {
+                    throw RedisError.connectionLost("the commit went to a master that is no longer the master; writing it again")
+                }
+            }
+            return written
         }
     }
 }

@@ -14,7 +14,7 @@ public enum WorkerFileAccess {
     /// workspace, `<state_dir>/ssh`, `<state_dir>/qemu`), theirs with everything under them.
     public static func prepare(_ config: WorkerConfig, for account: WorkerAccount) throws(Failure) {
         try makeDirectory(config.stateDir, owner: nil, group: account.gid, mode: 0o750)
-        if config.redis.url == "embedded" {
+        if config.redis.usesEmbedded {
             let socket = EmbeddedRedis.socketPath(stateDir: config.stateDir)
             try makeDirectory((socket as NSString).deletingLastPathComponent, owner: nil, group: account.gid, mode: 0o750)
             guard chown(socket, uid_t.max, account.gid) == 0, chmod(socket, 0o770) == 0 else {

@@ -40,6 +40,8 @@ public final class Worker: Sendable {
         public var hostSecrets: [JobPayload.EnvVar] = []
         public var redact: [String] = JobSecrets.defaultRedact
         public var hooks = JobHooks(beforeJob: nil, afterJob: nil, timeout: .seconds(60))
+        /// `redis.wait_replicas`: replicas that confirm the fetch's move and the final commit.
+        public var replicaWait: ReplicaWait?
 
         public init(vm: String, queue: String, host: String, namespace: String, maxAttempts: Int, retention: Int,
                     heartbeatInterval: Int, limits: BuildLimits) {
@@ -65,6 +67,7 @@ public final class Worker: Sendable {
             hostSecrets = config.secrets.variables
             redact = config.secrets.redact
             hooks = JobHooks(config: config.hooks)
+            replicaWait = ReplicaWait(config: config)
         }
 
         public var worker: String { "\(host):\(vm)" }
@@ -109,7 +112,7 @@ public final class Worker: Sendable {
         keys = RedisKeys(namespace: settings.namespace, host: settings.host)
         let queueList = settings.queueList
         queues = WorkQueue(redis: redis, blockingRedis: blockingRedis, keys: keys, queue: queueList.fallback ?? settings.queue,
-                           queues: queueList, vm: settings.vm, logger: logger)
+                           queues: queueList, vm: settings.vm, logger: logger, replicaWait: settings.replicaWait)
         resque = ResqueWorkerRegistry(keys: keys, vm: settings.vm, queues: queueList)
         var store = JobStore(redis: redis, keys: keys, retention: settings.retention, worker: settings.worker, logger: logger)
         store.resque = resque

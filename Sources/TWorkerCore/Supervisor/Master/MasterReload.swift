@@ -45,6 +45,8 @@ extension Master {
         var changed: [String] = []
         if old.redis.url != new.redis.url { changed.append("redis.url") }
         if old.redis.namespace != new.redis.namespace { changed.append("redis.namespace") }
+        if old.redis.sentinels != new.redis.sentinels { changed.append("redis.sentinels") }
+        if old.redis.masterName != new.redis.masterName { changed.append("redis.master_name") }
         if old.stateDir != new.stateDir { changed.append("state_dir") }
         return changed.isEmpty ? nil : changed.joined(separator: ", ")
     }
