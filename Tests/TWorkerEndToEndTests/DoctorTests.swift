@@ -90,7 +90,8 @@ struct DoctorEndToEndTests {
                     && port.line.contains("fix: stop whatever listens there"), "\(taken.out)")
 
             // All well again.
-            #expect(try await path.cli(["doctor"], path: path.pathWithFakes).status == 0)
+            let healthy = try await path.cli(["doctor"], path: path.pathWithFakes)
+            #expect(healthy.status == 0, "\(healthy.out)")
         }
     }
 
