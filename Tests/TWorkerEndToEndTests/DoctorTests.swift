@@ -90,8 +90,8 @@ struct DoctorEndToEndTests {
                     && port.line.contains("fix: stop whatever listens there"), "\(taken.out)")
 
             // All well again.
-            let healthy = try await path.cli(["doctor"], path: path.pathWithFakes)
-            #expect(healthy.status == 0, "\(healthy.out)")
+            let healthyAgain = try await path.cli(["doctor"], path: path.pathWithFakes)
+            #expect(healthyAgain.status == 0, "\(healthyAgain.out)")
         }
     }
 
