@@ -185,6 +185,26 @@ struct FleetTests {
         }
     }
 
+    @Test func aHostCanFindItsRedisThroughSentinels() throws {
+        let release = ReleaseSource.url("https://r.example/t.tar.gz")
+        let bare = try CloudInit(redisURL: "embedded", vms: 2, release: release, sentinels: ["10.0.0.11:26379", "10.0.0.12:26379"], masterName: "tworker")
+        #expect(bare.workerYAML.contains("redis:\n  sentinels: [\"10.0.0.11:26379\", \"10.0.0.12:26379\"]\n  master_name: \"tworker\"\nvms:\n"), "\(bare.workerYAML)")
+        #expect(!bare.workerYAML.contains("url:"))
+        let withPassword = try CloudInit(redisURL: "redis://:pw@ignored:6379/3", vms: 2, release: release, sentinels: ["10.0.0.11:26379"], masterName: "tworker")
+        #expect(withPassword.workerYAML.contains("  url: \"redis://:pw@ignored:6379/3\"\n  sentinels: [\"10.0.0.11:26379\"]\n"))
+        let cases: [([String], String?, String)] = [
+            (["10.0.0.11"], "tworker", "--sentinel: "),
+            (["10.0.0.11:26379"], nil, "--sentinel needs --master-name"),
+            ([], "tworker", "--master-name needs at least one --sentinel"),
+            (["10.0.0.11:26379"], "two words", "is not a Sentinel master name"),
+        ]
+        for (sentinels, name, message) in cases {
+            let refusal = try #require(refused { _ = try CloudInit(redisURL: "embedded", vms: 2, release: release, sentinels: sentinels, masterName: name) },
+                                       "accepted \(sentinels) \(name ?? "-")")
+            #expect(refusal.contains(message), "\(refusal)")
+        }
+    }
+
     @Test func theUserDataCarriesTheConfigTheUpdateUnitAndTheFirstBootCommands() throws {
         let setup = try CloudInit(redisURL: "redis://:p'w@10.0.0.5:6379/2", vms: 3, release: .url("https://r.example/it's.tar.gz"))
         let text = setup.userData

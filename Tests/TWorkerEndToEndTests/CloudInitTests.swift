@@ -58,6 +58,20 @@ struct CloudInitTests {
             let loaded = try ConfigLoader(configDir: check, env: "production").load().config
             #expect(loaded.redis.url == "redis://:s3cret@10.0.0.5:6379/2" && loaded.vms.count == 3 && loaded.user == "tworker")
 
+            // A host that finds its Redis through Sentinel.
+            let sentinel = try await host.control(["host", "cloud-init", "--sentinel", "10.0.0.11:26379", "--sentinel", "10.0.0.12:26379",
+                                                   "--master-name", "tworker", "--vms", "2", "--release", "/srv/tworker.tar.gz"])
+            #expect(sentinel.status == 0, "\(sentinel.err)")
+            let sentinelFile = host.directory.path + "/user-data-sentinel.yml"
+            try sentinel.out.write(toFile: sentinelFile, atomically: true, encoding: .utf8)
+            let sentinelSchema = try await Self.run("/usr/bin/env", ["cloud-init", "schema", "--config-file", sentinelFile], scratch: host.directory.path)
+            #expect(sentinelSchema.status == 0, "cloud-init schema: \(sentinelSchema.stdout)\(sentinelSchema.stderr)")
+            let sentinelYAML = try await Self.writtenFile(sentinel.out, "/etc/tworker/worker.yml", scratch: host.directory.path)
+            try sentinelYAML.write(toFile: check + "/worker.yml", atomically: true, encoding: .utf8)
+            let viaSentinel = try ConfigLoader(configDir: check, env: "production").load().config
+            #expect(viaSentinel.redis.sentinels == ["10.0.0.11:26379", "10.0.0.12:26379"] && viaSentinel.redis.masterName == "tworker",
+                    "\(sentinelYAML)")
+
             // A config whose Redis is shared and count set gives the defaults.
             try host.writeMasterConfig(workers: 4)
             let defaulted = try await host.control(["host", "cloud-init", "--release", "/srv/tworker.tar.gz"])

@@ -59,7 +59,11 @@ public enum ReleaseSource: Sendable, Equatable {
 /// and the service starts. Every boot after: `tworker-update.service` runs before
 /// `tworker.service` and installs the release if it changed.
 public struct CloudInit: Sendable, Equatable {
+    /// With `sentinels`, only a `redis://` URL's password and database are used (or none at all).
     public var redisURL: String
+    /// `redis.sentinels` (host:port) and `redis.master_name`: the host finds the master through them.
+    public var sentinels: [String]
+    public var masterName: String?
     public var vms: Int
     public var release: ReleaseSource
     /// The environment on the host (`worker.<env>.yml` from the release).
@@ -74,8 +78,35 @@ public struct CloudInit: Sendable, Equatable {
     public static let updateDefaults = "/etc/default/tworker-update"
     public static let account = "tworker"
 
-    public init(redisURL: String, vms: Int, release: ReleaseSource, env: String = "production") throws(CloudInitError) {
+    public init(redisURL: String, vms: Int, release: ReleaseSource, env: String = "production",
+                sentinels: [String] = [], masterName: String? = nil) throws(CloudInitError) {
         guard (1...64).contains(vms) else { throw CloudInitError("--vms must be between 1 and 64, got \(vms)") }
+        for sentinel in sentinels {
+            do { _ = try RedisEndpoint.HostPort(parsing: sentinel) } catch { throw CloudInitError("--sentinel: \(error.message)") }
+        }
+        guard sentinels.isEmpty == (masterName ?? "").isEmpty else {
+            throw CloudInitError(sentinels.isEmpty ? "--master-name needs at least one --sentinel"
+                                                   : "--sentinel needs --master-name (the name the sentinels monitor)")
+        }
+        if let masterName, !masterName.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) {
+            throw CloudInitError("--master-name: '\(masterName)' is not a Sentinel master name")
+        }
+        // With sentinels a URL is optional: only its password and database count.
+        let url = !sentinels.isEmpty && (redisURL == "embedded" || redisURL.isEmpty) ? "" : redisURL
+        if !url.isEmpty { try Self.checkShared(url) }
+        guard env.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }), !env.isEmpty else {
+            throw CloudInitError("--env: '\(env)' is not an environment name")
+        }
+        self.redisURL = url
+        self.sentinels = sentinels
+        self.masterName = masterName
+        self.vms = vms
+        self.release = release
+        self.env = env
+    }
+
+    /// A Redis every host of the fleet can reach: a `redis://` URL, not the embedded server or a socket.
+    private static func checkShared(_ redisURL: String) throws(CloudInitError) {
         guard redisURL != "embedded" else {
             throw CloudInitError("--redis-url: a fleet host needs the shared Redis (redis://host:port/db), not 'embedded'")
         }
@@ -88,13 +119,6 @@ public struct CloudInit: Sendable, Equatable {
         guard case .tcp = endpoint.address else {
             throw CloudInitError("--redis-url: a fleet host reaches the shared Redis over the network (redis://...), not a unix socket")
         }
-        guard env.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }), !env.isEmpty else {
-            throw CloudInitError("--env: '\(env)' is not an environment name")
-        }
-        self.redisURL = redisURL
-        self.vms = vms
-        self.release = release
-        self.env = env
     }
 
     // MARK: - Files
@@ -105,7 +129,7 @@ public struct CloudInit: Sendable, Equatable {
         # Written by `tworker host cloud-init` on first boot: this host's own settings, merged over
         # worker.\(env).yml (which tworker-update copies from each release). Edit, then `systemctl reload tworker`.
         redis:
-          url: \(Self.yamlString(redisURL))
+        \(redisLines)
         vms:
           count: \(vms)
         state_dir: \(Self.home)/var
@@ -114,6 +138,17 @@ public struct CloudInit: Sendable, Equatable {
           directory: \(Self.prefix)/current/boxes
 
         """
+    }
+
+    /// The `redis:` keys of the host's config (indented two spaces, one per line).
+    var redisLines: String {
+        var lines: [String] = []
+        if !redisURL.isEmpty { lines.append("  url: \(Self.yamlString(redisURL))") }
+        if !sentinels.isEmpty, let masterName {
+            lines.append("  sentinels: [\(sentinels.map(Self.yamlString).joined(separator: ", "))]")
+            lines.append("  master_name: \(Self.yamlString(masterName))")
+        }
+        return lines.joined(separator: "\n")
     }
 
     /// Read by the update script and its unit; shell syntax, single-quoted.
