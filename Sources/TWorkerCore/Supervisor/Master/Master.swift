@@ -130,6 +130,7 @@ public actor Master {
                 for await input in inputs {
                     switch input {
                     case .event(let event):
+                        if case .signal(let signal) = event, [SIGQUIT, SIGTERM, SIGINT].contains(signal) { await checkReadiness() }
                         apply(event)
                     case .launch(let launch, let generation):
                         group.addTask { [inputSink, logger] in

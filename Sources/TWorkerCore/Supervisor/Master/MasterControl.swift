@@ -4,6 +4,7 @@ extension Master {
     /// Answers one control-socket request.
     public func control(_ request: ControlRequest) async -> ControlResponse {
         if request.command == .status { return ControlResponse(ok: true, status: await status()) }
+        if request.command == .stop { await checkReadiness() }
         return apply(.control(request)) ?? .failure("no answer to \(request.command.rawValue)")
     }
 

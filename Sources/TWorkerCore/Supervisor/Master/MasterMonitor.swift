@@ -57,7 +57,9 @@ extension Master {
     }
 
     /// A child is ready once its heartbeat carries its pid; a pause asked for before then is delivered then.
-    private func checkReadiness() async {
+    /// Also looked at right before a stop: the monitor's last look may be older than a worker's
+    /// first heartbeat, and a stop treats a child it thinks not ready as having no job (TERM).
+    func checkReadiness() async {
         let waiting = state.slots.values.filter { $0.pid != nil && !$0.ready }
         guard !waiting.isEmpty else { return }
         let keys = RedisKeys(namespace: config.redis.namespace, host: config.host)
