@@ -95,7 +95,7 @@ public struct MaintenanceHold: Sendable, Equatable {
     }
 
     public static func ofThisProcess(changing: Bool) -> MaintenanceHold {
-        MaintenanceHold(pid: getpid(), startTime: BuildGroupRecord.startTime(of: getpid()) ?? 0, since: Timestamp.now(), changing: changing)
+        MaintenanceHold(pid: getpid(), startTime: ProcessProbe.startTime(of: getpid()) ?? 0, since: Timestamp.now(), changing: changing)
     }
 
     public var encoded: String { "pid=\(pid) start=\(startTime) since=\(since) phase=\(changing ? "changing" : "waiting")" }
@@ -113,7 +113,7 @@ public struct MaintenanceHold: Sendable, Equatable {
     }
 
     /// The holding process has ended (its pid is free, a zombie, or now another process's).
-    public func holderIsGone(startTimeOf: (pid_t) -> UInt64? = BuildGroupRecord.startTime(of:),
+    public func holderIsGone(startTimeOf: (pid_t) -> UInt64? = ProcessProbe.startTime(of:),
                              isAlive: (pid_t) -> Bool = ProcessProbe.isAlive) -> Bool {
         guard isAlive(pid), let started = startTimeOf(pid) else { return true }
         return startTime != 0 && started != startTime

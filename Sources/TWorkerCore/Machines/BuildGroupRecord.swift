@@ -10,7 +10,7 @@ public struct BuildGroupRecord: Sendable {
 
     /// Notes `pgid` (the build's session leader) as running.
     public func record(_ pgid: pid_t) {
-        guard let started = Self.startTime(of: pgid) else { return }
+        guard let started = ProcessProbe.startTime(of: pgid) else { return }
         try? "\(pgid) \(started)\n".write(toFile: path, atomically: true, encoding: .utf8)
     }
 
@@ -28,28 +28,15 @@ public struct BuildGroupRecord: Sendable {
         // The leader alive with another start time: the whole group ended and its number was
         // reused. The leader gone but members left: Linux does not hand out a pid that is still
         // a live group's id, so they are the build's.
-        if let leaderStart = Self.startTime(of: pgid), leaderStart != started { return false }
+        if let leaderStart = ProcessProbe.startTime(of: pgid), leaderStart != started { return false }
         guard Self.groupExists(pgid) else { return false }
         return kill(-pgid, SIGKILL) == 0
-    }
-
-    /// Field 22 of /proc/<pid>/stat: the start time in clock ticks since boot.
-    public static func startTime(of pid: pid_t) -> UInt64? {
-        statFields(of: pid).flatMap { $0.count > 19 ? UInt64($0[19]) : nil }
-    }
-
-    /// The fields of /proc/<pid>/stat after the command name, whose parentheses may hold spaces.
-    static func statFields(of pid: pid_t) -> [Substring]? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return nil }
-        // After ")": state (field 3), ppid, pgrp (field 5), ..., starttime (field 22).
-        return stat[stat.index(after: close)...].split(separator: " ")
     }
 
     static func groupExists(_ pgid: pid_t) -> Bool {
         guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return false }
         return entries.contains { entry in
-            guard let pid = pid_t(entry), let fields = statFields(of: pid), fields.count > 2 else { return false }
+            guard let pid = pid_t(entry), let fields = ProcessProbe.statFields(of: pid), fields.count > 2 else { return false }
             return fields[0] != "Z" && pid_t(fields[2]) == pgid
         }
     }

@@ -27,12 +27,22 @@ public enum ProcessProbe {
 
     /// (ppid, pgid) of `pid` from `/proc/<pid>/stat`.
     static func parentAndGroup(_ pid: pid_t) -> (ppid: pid_t, pgid: pid_t)? {
+        guard let fields = statFields(of: pid), fields.count >= 3, let ppid = pid_t(fields[1]), let pgid = pid_t(fields[2]) else { return nil }
+        return (ppid, pgid)
+    }
+
+    /// Field 22 of /proc/<pid>/stat: the start time in clock ticks since boot (with the pid, it
+    /// names one process: a reused pid has another start time).
+    public static func startTime(of pid: pid_t) -> UInt64? {
+        statFields(of: pid).flatMap { $0.count > 19 ? UInt64($0[19]) : nil }
+    }
+
+    /// The fields of /proc/<pid>/stat after the command name, whose parentheses may hold spaces.
+    static func statFields(of pid: pid_t) -> [Substring]? {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
               let close = stat.lastIndex(of: ")") else { return nil }
-        // After "comm)": state ppid pgrp ...
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        guard fields.count >= 3, let ppid = pid_t(fields[1]), let pgid = pid_t(fields[2]) else { return nil }
-        return (ppid, pgid)
+        // After ")": state (field 3), ppid, pgrp (field 5), ..., starttime (field 22).
+        return stat[stat.index(after: close)...].split(separator: " ")
     }
 
     /// Every descendant of `root` (children, their children, ...), with its process group.
