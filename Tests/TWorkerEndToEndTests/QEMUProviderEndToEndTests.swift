@@ -138,6 +138,35 @@ struct QEMUProviderEndToEndTests {
             #expect(record["attempts"] == "2", "\(record)")
             #expect(killedLog.contains("qemu"), "the first attempt's failure names qemu: \(killedLog)")
 
+            // A guest that stops answering mid-build (its qemu SIGSTOPped): the build's session
+            // goes over the warm connection, which has no ssh keep-alives, so only the session's
+            // own marks show it is gone. The job is requeued as an infrastructure error, not held
+            // until its log-silence limit, and its next attempt passes.
+            #expect(try await Self.masterRuns(machine), "the next build goes over the warm connection")
+            let frozen = try await host.push(script: ["echo started", "sleep 2", "echo finished"])
+            let freezer = Task { () -> pid_t in
+                for _ in 0..<1200 {
+                    if (try? await host.log(frozen).text.contains("started")) == true, let pid = machine.pid {
+                        kill(pid, SIGSTOP)
+                        // Thawed once the job is given up on, so the reset that follows can run.
+                        for _ in 0..<1200 where (try? await host.log(frozen).text.contains("requeued")) != true {
+                            try? await Task.sleep(for: .milliseconds(50))
+                        }
+                        kill(pid, SIGCONT)
+                        return pid
+                    }
+                    try? await Task.sleep(for: .milliseconds(50))
+                }
+                return pid_t(0)
+            }
+            let frozenWorker = try host.makeWorker(machine: machine) { $0.burst = true }
+            try await frozenWorker.run()
+            #expect(await freezer.value > 0, "the build started and its qemu was stopped")
+            let frozenRecord = try await host.record(frozen)
+            let frozenLog = try await host.log(frozen).text
+            #expect(frozenRecord["state"] == "passed" && frozenRecord["attempts"] == "2", "\(frozenRecord) \(frozenLog)")
+            #expect(frozenLog.contains("stopped answering"), "the first attempt says the machine stopped answering: \(frozenLog)")
+
             await machine.shutdown()
             #expect(machine.pid == nil, "no qemu is left running after shutdown")
             #expect(try await !Self.masterRuns(machine), "no ssh master is left running after shutdown")

@@ -27,7 +27,10 @@ extension SSHTarget {
     /// `whenRefused`: called with ssh's complaint when a session failed before it ran anything
     /// on the guest (a guest still waking, dropbear refusing); it throws to give up, or returns
     /// to try again. Without it such a session fails the build as a lost connection.
+    /// `liveness`: a session from which nothing comes for its `allowedSilence` is ended as an
+    /// infrastructure error (see `SessionLiveness`).
     func runBuild(script: String, settingClock: Bool = false, whenRefused: (@Sendable (String) async throws -> Void)? = nil,
+                  liveness: SessionLiveness = .standard,
                   output: @escaping @Sendable ([UInt8]) async -> Void) async throws -> BuildExit {
         while true {
             let token = "tworker-exit-" + UUID().uuidString.prefix(8).lowercased()
@@ -35,13 +38,35 @@ extension SSHTarget {
             // open master connection, ~0.3 s for a handshake of its own (TCG).
             let overMaster = controlPath.map { FileManager.default.fileExists(atPath: $0) } ?? false
             let epoch = settingClock ? Self.clockEpoch(now: Date(), sessionSetUp: overMaster ? 0.1 : 0.3) : nil
-            let remote = Self.buildRemoteCommand(token: token, clockEpoch: epoch, marksStart: whenRefused != nil)
+            let remote = Self.buildRemoteCommand(token: token, clockEpoch: epoch, marksStart: whenRefused != nil,
+                                                 markAliveEvery: liveness.markEvery)
             let command = try BuildCommand(.ssh(self, remoteCommand: [remote]), standardInput: script)
-            let errors = Mutex<[UInt8]>([])
-            let exit = try await ChildProcess.run(command, output: output) { chunk in
-                errors.withLock { if $0.count < 65536 { $0 += chunk } }
+            let errors = SessionErrors(aliveMark: token + ":alive")
+            let watch = SessionWatch()
+            let ended = try await withThrowingTaskGroup(of: BuildExit?.self) { group in
+                group.addTask {
+                    try await ChildProcess.run(command, output: { chunk in
+                        watch.sawSign()
+                        await watch.holdingBack { await output(chunk) }
+                    }, errorOutput: { chunk in
+                        watch.sawSign()
+                        errors.take(chunk)
+                    })
+                }
+                group.addTask {
+                    try await watch.silence(allowed: liveness.allowedSilence)
+                    return nil
+                }
+                // The first to end decides: the session, or the watch (which ends the session).
+                let first = try await group.next() ?? nil
+                group.cancelAll()
+                return first
             }
-            let stderr = String(decoding: errors.withLock { $0 }, as: UTF8.self)
+            guard let exit = ended else {
+                throw InfrastructureError("the machine stopped answering: nothing came over the build's SSH session to \(host):\(port) "
+                                          + "for \(liveness.allowedSilence.components.seconds) s, not even its mark every \(liveness.markEvery) s")
+            }
+            let stderr = errors.text
             if let reported = Self.reportedStatus(in: stderr, token: token) { return .exited(reported) }
             if Self.marks(stderr, token: token, "clock") {
                 throw InfrastructureError("could not set the machine's clock (`date -s` as \(user) on \(host):\(port)); "
@@ -62,12 +87,20 @@ extension SSHTarget {
 
     /// The guest side of a build session. `<token>:start` on stderr says the session ran (a
     /// retry would run the build twice); `<token>:clock` that the clock could not be set, and
-    /// the build did not run; `<token>:<status>` how the build ended. The clock's own output
-    /// goes nowhere, so the job's log starts with the build's first line.
-    static func buildRemoteCommand(token: String, clockEpoch: Int?, marksStart: Bool) -> String {
+    /// the build did not run; `<token>:alive` every `markAliveEvery` seconds while the build
+    /// runs; `<token>:<status>` how the build ended. The clock's own output goes nowhere, so
+    /// the job's log starts with the build's first line.
+    ///
+    /// The marking loop keeps only stderr: a `sleep` it leaves behind when killed holds no
+    /// end of the session open, so the session closes as soon as the build ends.
+    static func buildRemoteCommand(token: String, clockEpoch: Int?, marksStart: Bool, markAliveEvery: Int? = nil) -> String {
         var remote = marksStart ? "echo \(token):start >&2; " : ""
         if let clockEpoch { remote += "date -s @\(clockEpoch) >/dev/null 2>&1 || { echo \(token):clock >&2; exit 1; }; " }
-        return remote + "bash -s; status=$?; echo \(token):$status >&2; exit $status"
+        guard let every = markAliveEvery else {
+            return remote + "bash -s; status=$?; echo \(token):$status >&2; exit $status"
+        }
+        remote += "(while sleep \(max(every, 1)) </dev/null >/dev/null 2>&1; do echo \(token):alive >&2 || exit; done) </dev/null >/dev/null & alive=$!; "
+        return remote + "bash -s; status=$?; kill -9 $alive 2>/dev/null; echo \(token):$status >&2; exit $status"
     }
 
     /// The host's time in whole seconds (busybox `date -s @N` takes no fraction) as it will be
