@@ -37,4 +37,30 @@ import Testing
         let result = try await run(["-s"], input: "yes | head -n 1\necho \"${PIPESTATUS[0]}\"\n")
         #expect(result.output == "y\n141\n", "yes was killed by SIGPIPE (128+13): \(result.output)")
     }
+
+    /// Seen as a reprovision test that hung for 10 minutes: a program started elsewhere in the
+    /// process at the wrong moment inherited a build's pipe, and the build never ended.
+    @Test func theBuildsPipesAreNeverInheritedByOtherPrograms() throws {
+        let pipe = try ChildProcess.Pipe.make()
+        defer { close(pipe.read); close(pipe.write) }
+        #expect(fcntl(pipe.read, F_GETFD) & FD_CLOEXEC != 0)
+        #expect(fcntl(pipe.write, F_GETFD) & FD_CLOEXEC != 0)
+    }
+
+    @Test func aBuildEndsWhenItExitsThoughAProcessOutsideItsGroupStillHoldsItsOutput() async throws {
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("tworker-holder-\(UUID().uuidString)").path
+        defer {
+            if let pid = (try? String(contentsOfFile: scratch, encoding: .utf8)).flatMap({ pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) {
+                kill(pid, SIGKILL)
+            }
+            try? FileManager.default.removeItem(atPath: scratch)
+        }
+        // `setsid`: a session and group of its own, out of reach of the kill of the build's group.
+        let script = "echo before\nsetsid sh -c 'echo $$ >\(scratch); exec sleep 60' &\nsleep 0.3\necho after\nexit 3\n"
+        let started = ContinuousClock.now
+        let result = try await run(["-s"], input: script)
+        #expect(result.exit == .exited(3))
+        #expect(result.output == "before\nafter\n", "everything the build wrote is read: \(result.output)")
+        #expect(ContinuousClock.now - started < .seconds(20), "the build ended with its script, not with the holder's sleep")
+    }
 }

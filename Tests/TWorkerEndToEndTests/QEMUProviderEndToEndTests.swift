@@ -345,8 +345,10 @@ struct QEMUProviderEndToEndTests {
                 return try await host.cli(["vms", "reprovision", "--strategy", "base"] + cli, timeout: .seconds(500))
             }
             var maxOut = 0
-            var holderBusyWhenMarked = false
+            var holderBusyWhenMarked: Bool?
             var released = false
+            // Each VM taken out while it runs the held job is told to let it end (once per attempt).
+            var releasedOn: Set<String> = []
             var flow: [String] = []
             var flowPassedWhileHolderOut = 0
             var otherBusyWhileHolderOut = false
@@ -362,16 +364,27 @@ struct QEMUProviderEndToEndTests {
                     if replies.last?.int == 1 { out.append(vm) }
                 }
                 maxOut = max(maxOut, out.count)
+                if out.contains(holder), holderBusyWhenMarked == nil {
+                    holderBusyWhenMarked = states[holder]?.state == "busy" && states[holder]?.job == held
+                }
+                // Let the held job end where it runs (its worker finishes it before its VM is
+                // touched). Usually that is the holder; a guest that stopped answering under TCG
+                // has its job requeued (an infrastructure error), and the job may then run on the
+                // other VM when that one is taken out.
+                for vm in out where states[vm]?.job == held {
+                    // Per attempt: a rerun on the same VM starts from a restored guest.
+                    let run = vm + "#" + (try await host.record(held)["attempts"] ?? "")
+                    if releasedOn.contains(run) { continue }
+                    let number = try #require(VirtualBoxProvider.workerNumber(vm))
+                    let target = SSHTarget(user: config.ssh.user, host: config.ssh.host, port: portBase + number,
+                                           key: config.ssh.key, knownHosts: host.stateDir + "/test-known-hosts")
+                    var touch = ProgramCommand.ssh(target, remoteCommand: ["touch /tmp/go"])
+                    touch.timeout = .seconds(30)
+                    if (try? await ProgramRunner().run(touch)) != nil { releasedOn.insert(run) }
+                }
                 if out.contains(holder) {
                     if !released {
-                        holderBusyWhenMarked = states[holder]?.state == "busy" && states[holder]?.job == held
-                        // Let the held job end (its worker finishes it before its VM is touched), and
-                        // give the other worker work while this one is out.
-                        let target = SSHTarget(user: config.ssh.user, host: config.ssh.host, port: portBase + holderNumber,
-                                               key: config.ssh.key, knownHosts: host.stateDir + "/test-known-hosts")
-                        var touch = ProgramCommand.ssh(target, remoteCommand: ["touch /tmp/go"])
-                        touch.timeout = .seconds(60)
-                        try await ProgramRunner().run(touch)
+                        // Give the other worker work while this one is out.
                         released = true
                         for _ in 0..<4 { flow.append(try await host.push(script: ["sleep 1"])) }
                     }
@@ -387,10 +400,17 @@ struct QEMUProviderEndToEndTests {
             #expect(result.status == 0, "\(result.out)\n\(result.err)")
             #expect(result.out.components(separatedBy: "provision guest.sh").count == 2, "the script ran once, on the base: \(result.out)")
             #expect(maxOut == 1, "one worker out at a time (vms.max_unavailable: 1)")
-            #expect(holderBusyWhenMarked, "\(holder) was running the held job when it was asked to step out")
             let heldRecord = try await host.record(held)
             let heldLog = try await host.log(held).text
-            #expect(heldRecord["state"] == "passed" && heldRecord["attempts"] == "1", "the running job finished where it ran: \(heldRecord)")
+            if heldLog.contains("stopped answering") {
+                // The rare TCG guest that froze after `loadvm` (see README): the job was requeued as an
+                // infrastructure error and finished on its next attempt; the roll still waited for it.
+                print("note: the held job's guest stopped answering; it ran again: \(heldRecord)")
+                #expect(heldRecord["state"] == "passed" && heldRecord["attempts"] == "2", "\(heldRecord) \(heldLog)")
+            } else {
+                #expect(holderBusyWhenMarked == true, "\(holder) was running the held job when it was asked to step out")
+                #expect(heldRecord["state"] == "passed" && heldRecord["attempts"] == "1", "the running job finished where it ran: \(heldRecord)")
+            }
             #expect(heldLog.contains("released"), "\(heldLog)")
             #expect(otherBusyWhileHolderOut && flowPassedWhileHolderOut > 0,
                     "\(other) kept taking jobs while \(holder) was out (\(flowPassedWhileHolderOut) passed)")

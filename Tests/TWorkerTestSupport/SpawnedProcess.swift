@@ -25,6 +25,13 @@ public final class SpawnedProcess: Sendable {
         } else {
             posix_spawn_file_actions_adddup2(&actions, 1, 2)
         }
+        // Nothing else of the test process: a build pipe a worker of the test had open at this
+        // moment, inherited by a long-lived CLI, would keep that build from ever ending.
+        // (glibc 2.34+, not in Swift's Glibc module: looked up as Subprocess does.)
+        if let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") {
+            typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+            _ = unsafeBitCast(symbol, to: AddCloseFrom.self)(&actions, 3)
+        }
 
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)

@@ -56,7 +56,7 @@ public enum ChildProcess {
         let errorReader = errorPipe.map { PipeReader(fd: $0.read) }
         let processGroup = Mutex<pid_t?>(nil)
 
-        let inputPipe = try command.standardInput.map { _ in try Pipe.makeForInput() }
+        let inputPipe = try command.standardInput.map { _ in try Pipe.make() }
         var options = PlatformOptions()
         options.createSession = true
         let spawn = Spawn(command: command, options: options, outputFD: outputPipe.write, errorFD: errorPipe?.write, inputFD: inputPipe?.read)
@@ -98,7 +98,19 @@ public enum ChildProcess {
             // The script is done: whatever it left running in its group goes too, which also
             // closes the pipes' last write ends so the readers see end of file.
             killGroup()
+            let readers = [outputReader] + (errorReader.map { [$0] } ?? [])
+            let leftHolders = Task {
+                // A reader that still waits for data now waits for a write end outside the group:
+                // one a process started elsewhere inherited, or an ssh master still holding what
+                // its session handed it. It would wait as long as that one lives; what the build
+                // wrote is read by now.
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(250))
+                    for reader in readers where reader.waitingForData(longerThan: Self.holderGrace) { reader.abandon() }
+                }
+            }
             _ = await (drainedOutput, drainedErrors)
+            leftHolders.cancel()
             switch status {
             case .exited(let code): return .exited(code)
             case .signaled(let signal): return .signaled(signal)
@@ -108,23 +120,22 @@ public enum ChildProcess {
         }
     }
 
-    private struct Pipe {
+    /// How long a reader may wait for data once the build's group is gone.
+    static let holderGrace: Duration = .seconds(2)
+
+    /// Both ends close-on-exec (the child gets its end as a copy on 0, 1 or 2): a program
+    /// another thread starts meanwhile inherits neither, so the readers see end of file when
+    /// the build ends and not when that program does.
+    struct Pipe {
         var read: Int32
         var write: Int32
 
         static func make() throws -> Pipe {
             var fds: [Int32] = [0, 0]
+            // (pipe2 is not in Swift's Glibc module; what Subprocess starts meanwhile gets only
+            // the descriptors it is given either way.)
             guard pipe(&fds) == 0 else { throw InfrastructureError("pipe() failed: errno \(errno)") }
-            _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
-            return Pipe(read: fds[0], write: fds[1])
-        }
-
-        /// A pipe to feed a child's stdin: our write end is close-on-exec, so no other child
-        /// holds it open and the reader sees end of file when we are done.
-        static func makeForInput() throws -> Pipe {
-            var fds: [Int32] = [0, 0]
-            guard pipe(&fds) == 0 else { throw InfrastructureError("pipe() failed: errno \(errno)") }
-            _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
+            for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
             return Pipe(read: fds[0], write: fds[1])
         }
     }

@@ -15,6 +15,8 @@ final class PipeReader: Sendable {
     private struct State {
         var waiting: CheckedContinuation<[UInt8]?, Never>?
         var finished = false
+        /// When the thread went into `read(2)` and is still there: it waits for data, not for us.
+        var readingSince: ContinuousClock.Instant?
     }
 
     init(fd: Int32, chunkSize: Int = 32 * 1024) {
@@ -37,16 +39,37 @@ final class PipeReader: Sendable {
         }
     }
 
+    /// True while the thread has waited in `read(2)` for longer than `duration`.
+    func waitingForData(longerThan duration: Duration) -> Bool {
+        state.withLock { state in state.readingSince.map { ContinuousClock.now - $0 > duration } ?? false }
+    }
+
+    /// Ends the stream now: `next()` returns nil from here on. For a pipe whose write end some
+    /// other process still holds; the thread reads on until that one closes it, drops what
+    /// comes, and closes the descriptor.
+    func abandon() {
+        let continuation = state.withLock { state in
+            state.finished = true
+            defer { state.waiting = nil }
+            return state.waiting
+        }
+        continuation?.resume(returning: nil)
+        wakeUp.signal()
+    }
+
     private func loop() {
         var buffer = [UInt8](repeating: 0, count: chunkSize)
         while true {
-            wakeUp.wait()
+            // An abandoned stream gets no more `next()` calls: it reads on to the end by itself.
+            if !state.withLock({ $0.finished }) { wakeUp.wait() }
+            state.withLock { $0.readingSince = .now }
             var count: Int
             repeat {
                 count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, chunkSize) }
             } while count < 0 && errno == EINTR
             let chunk: [UInt8]? = count > 0 ? Array(buffer[0..<count]) : nil
             let continuation = state.withLock { state in
+                state.readingSince = nil
                 if chunk == nil { state.finished = true }
                 defer { state.waiting = nil }
                 return state.waiting
