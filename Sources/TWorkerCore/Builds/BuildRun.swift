@@ -39,6 +39,8 @@ public enum BuildOutcome: Sendable, Equatable {
 /// prints `The script stage exited with N.` once `script` is done, which is how a non-zero
 /// exit is told apart: after that line it is `failed`, before it `errored`.
 public enum BuildRun {
+    /// `lookEvery`: how often the watchdog looks at the limits; when the build exits first they
+    /// are looked at once more, so a limit holds whichever wins (tests stretch it to make sure).
     public static func execute(
         machine: any Machine, script: String, jobID: String, limits: BuildLimits, stages: StageTimes? = nil,
         lookEvery: Duration = .milliseconds(100), log: @escaping @Sendable ([UInt8]) async -> Void
@@ -65,8 +67,8 @@ public enum BuildRun {
             var violation: LimitViolation?
             while let event = await group.next() {
                 switch event {
-                case .violated(let message):
-                    violation = message
+                case .violated(let found):
+                    violation = found
                     group.cancelAll()
                 case .watchdogStopped:
                     continue
