@@ -36,9 +36,9 @@ private final class Collected: Sendable {
 }
 
 @Suite struct BuildRunTests {
-    func run(_ machine: ScriptedMachine, _ limits: BuildLimits) async -> (BuildOutcome, String) {
+    func run(_ machine: ScriptedMachine, _ limits: BuildLimits, lookEvery: Duration = .milliseconds(100)) async -> (BuildOutcome, String) {
         let log = Collected()
-        let outcome = await BuildRun.execute(machine: machine, script: "", jobID: "j", limits: limits) { chunk in
+        let outcome = await BuildRun.execute(machine: machine, script: "", jobID: "j", limits: limits, lookEvery: lookEvery) { chunk in
             log.bytes.withLock { $0 += chunk }
         }
         return (outcome, log.text)
@@ -101,14 +101,52 @@ private final class Collected: Sendable {
         #expect(message == "The install stage exceeded its time limit of 1 s, and the build has been terminated.")
     }
 
-    @Test func aLimitHitInAnAfterStageKeepsTheScriptResult() async {
-        let chunks = ["travis_fold:start:script\ntravis_fold:end:script\nThe script stage exited with 0.\n", "travis_fold:start:after_script\n"]
-        let (outcome, _) = await run(ScriptedMachine(chunks: chunks, exit: .exited(0), pauseAfterChunks: .seconds(30)), limits(stage: ["after_script": 1]))
-        guard case .finished(.passed, 0, let message?) = outcome else {
-            Issue.record("expected passed, got \(outcome)")
-            return
-        }
-        #expect(message.contains("after_script stage exceeded"))
+    // MARK: - Limits in after_* stages
+
+    static let passedScriptThenAfterScript = ["travis_fold:start:script\ntravis_fold:end:script\nThe script stage exited with 0.\n",
+                                              "travis_fold:start:after_script\n"]
+
+    /// after_* commands and their own timeouts never change the result.
+    @Test func anAfterStagesOwnTimeoutKeepsTheScriptResult() async {
+        let (outcome, _) = await run(ScriptedMachine(chunks: Self.passedScriptThenAfterScript, exit: .exited(0), pauseAfterChunks: .seconds(30)),
+                                     limits(stage: ["after_script": 1]))
+        #expect(outcome == .finished(.passed, exitCode: 0, message: "The after_script stage exceeded its time limit of 1 s, and the build has been terminated."))
+    }
+
+    @Test func anAfterStagesOwnTimeoutKeepsAFailedScriptFailed() async {
+        let chunks = ["travis_fold:start:script\ntravis_fold:end:script\nThe script stage exited with 1.\n", "travis_fold:start:after_failure\n"]
+        let (outcome, _) = await run(ScriptedMachine(chunks: chunks, exit: .exited(1), pauseAfterChunks: .seconds(30)), limits(stage: ["after_failure": 1]))
+        #expect(outcome == .finished(.failed, exitCode: 1, message: "The after_failure stage exceeded its time limit of 1 s, and the build has been terminated."))
+    }
+
+    /// The job-level limits end the job errored in any stage, after_* too.
+    @Test func theLogLengthInAfterScriptErrorsTheJob() async {
+        let chunks = Self.passedScriptThenAfterScript + [String(repeating: "x", count: 500)]
+        let (outcome, log) = await run(ScriptedMachine(chunks: chunks, exit: .exited(0), pauseAfterChunks: .seconds(30)), limits(length: 200))
+        #expect(log.utf8.count == 200)
+        #expect(outcome == .finished(.errored, exitCode: 137, message:
+            "The log length has exceeded the limit of 200 bytes (this usually means the build produced excessive output). The build has been terminated."))
+    }
+
+    @Test func theHardLimitInAfterScriptErrorsTheJob() async {
+        let (outcome, _) = await run(ScriptedMachine(chunks: Self.passedScriptThenAfterScript, exit: .exited(0), pauseAfterChunks: .seconds(30)),
+                                     limits(hard: 1, stage: ["after_script": 20]))
+        #expect(outcome == .finished(.errored, exitCode: 137, message: "The job exceeded the maximum time limit for jobs (1 s), and has been terminated."))
+    }
+
+    @Test func logSilenceInAfterScriptErrorsTheJob() async {
+        let (outcome, _) = await run(ScriptedMachine(chunks: Self.passedScriptThenAfterScript, exit: .exited(0), pauseAfterChunks: .seconds(30)),
+                                     limits(silence: 1, stage: ["after_script": 20]))
+        #expect(outcome == .finished(.errored, exitCode: 137, message:
+            "No output has been received in the last 1 seconds, this potentially indicates a stalled build or something wrong with the build itself. The build has been terminated."))
+    }
+
+    /// The after_* result rule needs the script stage's result: a timeout of an after_* stage the
+    /// build reached without one (a broken script) errors the job like any other limit.
+    @Test func anAfterStageTimeoutWithoutAScriptResultErrorsTheJob() async {
+        let (outcome, _) = await run(ScriptedMachine(chunks: ["travis_fold:start:after_script\n"], exit: .exited(0), pauseAfterChunks: .seconds(30)),
+                                     limits(stage: ["after_script": 1]))
+        #expect(outcome == .finished(.errored, exitCode: 137, message: "The after_script stage exceeded its time limit of 1 s, and the build has been terminated."))
     }
 
     @Test func silenceStopsTheBuild() async {
@@ -147,5 +185,54 @@ private final class Collected: Sendable {
             return
         }
         #expect(message.contains("exceeded the limit of 1000 bytes"))
+    }
+
+    /// A machine that prints, then exits after `exitAfter`: a build that ends on its own just
+    /// after a time limit elapsed, while the watchdog (looking every 10 s here) has not looked
+    /// since the start. Only the re-check when the build exits can see the limit.
+    struct ExitsAfter: Machine {
+        let name = "worker-1"
+        var chunks: [String]
+        var exitAfter: Duration
+
+        func prepare() async throws(InfrastructureError) {}
+        func release() async throws(InfrastructureError) {}
+
+        func run(script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws(InfrastructureError) -> BuildExit {
+            for chunk in chunks { await output(Array(chunk.utf8)) }
+            // Not cancellable: the build is past the limit and exits whatever the watchdog does.
+            let until = ContinuousClock.now + exitAfter
+            while ContinuousClock.now < until { try? await Task.sleep(until: until) }
+            return .exited(0)
+        }
+    }
+
+    func run(_ machine: ExitsAfter, _ limits: BuildLimits) async -> BuildOutcome {
+        await BuildRun.execute(machine: machine, script: "", jobID: "j", limits: limits, lookEvery: .seconds(10)) { _ in }
+    }
+
+    @Test func theHardLimitErrorsTheJobEvenWhenTheBuildExitsFirst() async {
+        let chunks = ["travis_fold:start:script\n", "working\n"]
+        let outcome = await run(ExitsAfter(chunks: chunks, exitAfter: .milliseconds(1200)), limits(hard: 1))
+        #expect(outcome == .finished(.errored, exitCode: 0, message: "The job exceeded the maximum time limit for jobs (1 s), and has been terminated."))
+    }
+
+    @Test func logSilenceErrorsTheJobEvenWhenTheBuildExitsFirst() async {
+        let chunks = ["travis_fold:start:script\n", "working\n"]
+        let outcome = await run(ExitsAfter(chunks: chunks, exitAfter: .milliseconds(1200)), limits(silence: 1))
+        #expect(outcome == .finished(.errored, exitCode: 0, message:
+            "No output has been received in the last 1 seconds, this potentially indicates a stalled build or something wrong with the build itself. The build has been terminated."))
+    }
+
+    /// The same race in after_script: the job-level limits still error the job.
+    @Test func theHardLimitInAfterScriptErrorsTheJobEvenWhenTheBuildExitsFirst() async {
+        let outcome = await run(ExitsAfter(chunks: Self.passedScriptThenAfterScript, exitAfter: .milliseconds(1200)), limits(hard: 1))
+        #expect(outcome == .finished(.errored, exitCode: 0, message: "The job exceeded the maximum time limit for jobs (1 s), and has been terminated."))
+    }
+
+    @Test func logSilenceInAfterScriptErrorsTheJobEvenWhenTheBuildExitsFirst() async {
+        let outcome = await run(ExitsAfter(chunks: Self.passedScriptThenAfterScript, exitAfter: .milliseconds(1200)), limits(silence: 1))
+        #expect(outcome == .finished(.errored, exitCode: 0, message:
+            "No output has been received in the last 1 seconds, this potentially indicates a stalled build or something wrong with the build itself. The build has been terminated."))
     }
 }

@@ -65,6 +65,36 @@ struct JobLimitTests {
         }
     }
 
+    /// The job-level limits (log length, hard limit, log silence) error the job in after_script
+    /// too; after_script's own timeout stops it but keeps the script's result.
+    @Test func limitsInAfterScript() async throws {
+        try await TestHost.with(config: "limits:\n  log_length: 4096\ntimeouts:\n  after_script: 3\n") { host in
+            func push(_ id: String, after: String, timeouts: String = "") async throws {
+                let extra = timeouts.isEmpty ? "" : #","timeouts":{\#(timeouts)}"#
+                try await host.push(#"{"class":"Build","args":[{"id":"\#(id)","config":{"script":"echo ok","after_script":"\#(after)"}\#(extra)}]}"#)
+            }
+            try await push("own-timeout", after: "sleep 30")
+            try await push("silence", after: "sleep 30", timeouts: #""log_silence":1"#)
+            try await push("hard-limit", after: "while true; do echo tick; sleep 0.2; done", timeouts: #""hard_limit":2"#)
+            try await push("log-length", after: "head -c 5000000 /dev/zero | tr '\\\\0' x")
+            try await host.runBurst()
+            let expected = [
+                ("own-timeout", "passed", "The after_script stage exceeded its time limit of 3 s"),
+                ("silence", "errored", "No output has been received in the last 1 seconds"),
+                ("hard-limit", "errored", "The job exceeded the maximum time limit for jobs (2 s)"),
+                ("log-length", "errored", "The log length has exceeded the limit of 4096 bytes"),
+            ]
+            for (id, state, message) in expected {
+                let record = try await host.record(id)
+                let log = try await host.log(id).text
+                #expect(record["state"] == state, "\(id): \(record)\n\(log)")
+                #expect(record["error"]?.hasPrefix(message) == true, "\(id): \(record)")
+                #expect(log.contains("The script stage exited with 0."), "\(id) reached after_script: \(log)")
+                #expect(log.contains(message), "\(id): \(log)")
+            }
+        }
+    }
+
     /// Observed before: 5 MB printed at once and the build exiting before the kill landed
     /// ended `passed` with a cut log. Whoever wins the race, a cut log is an errored job.
     @Test func aBuildThatExitsRightAfterFloodingTheLogIsStillErrored() async throws {

@@ -39,9 +39,11 @@ public enum BuildOutcome: Sendable, Equatable {
 /// prints `The script stage exited with N.` once `script` is done, which is how a non-zero
 /// exit is told apart: after that line it is `failed`, before it `errored`.
 public enum BuildRun {
+    /// `lookEvery`: how often the watchdog looks at the limits; when the build exits first they
+    /// are looked at once more, so a limit holds whichever wins (tests stretch it to make sure).
     public static func execute(
         machine: any Machine, script: String, jobID: String, limits: BuildLimits, stages: StageTimes? = nil,
-        log: @escaping @Sendable ([UInt8]) async -> Void
+        lookEvery: Duration = .milliseconds(100), log: @escaping @Sendable ([UInt8]) async -> Void
     ) async -> BuildOutcome {
         let monitor = OutputMonitor(limits: limits, stages: stages)
         let outcome = await withTaskGroup(of: RunnerEvent.self) { group -> BuildOutcome in
@@ -58,15 +60,15 @@ public enum BuildRun {
             group.addTask {
                 while !Task.isCancelled {
                     if let violation = monitor.violation(now: .now) { return .violated(violation) }
-                    try? await Task.sleep(for: .milliseconds(100))
+                    try? await Task.sleep(for: lookEvery)
                 }
                 return .watchdogStopped
             }
-            var violation: String?
+            var violation: LimitViolation?
             while let event = await group.next() {
                 switch event {
-                case .violated(let message):
-                    violation = message
+                case .violated(let found):
+                    violation = found
                     group.cancelAll()
                 case .watchdogStopped:
                     continue
@@ -77,7 +79,7 @@ public enum BuildRun {
                     return classify(exit: exit, violation: violation ?? monitor.violation(now: .now), monitor: monitor)
                 case .infrastructure(let message):
                     group.cancelAll()
-                    if let violation = violation ?? monitor.violation(now: .now) { return .finished(.errored, exitCode: -1, message: violation) }
+                    if let violation = violation ?? monitor.violation(now: .now) { return BuildRun.outcome(of: violation, exitCode: -1, monitor: monitor) }
                     return .infrastructure(message)
                 }
             }
@@ -91,24 +93,18 @@ public enum BuildRun {
     private enum RunnerEvent: Sendable {
         case exited(BuildExit)
         case infrastructure(String)
-        case violated(String)
+        case violated(LimitViolation)
         case watchdogStopped
     }
 
-    static func classify(exit: BuildExit, violation: String?, monitor: OutputMonitor) -> BuildOutcome {
+    static func classify(exit: BuildExit, violation: LimitViolation?, monitor: OutputMonitor) -> BuildOutcome {
         let code: Int32
         switch exit {
         case .exited(let status): code = status
         case .signaled(let signal): code = 128 + signal
         }
         let scriptResult = monitor.scriptResult
-        if let violation {
-            // A limit hit in after_* does not change the result the script stage already gave.
-            if let scriptResult, monitor.inAfterStage {
-                return .finished(scriptResult == 0 ? .passed : .failed, exitCode: scriptResult, message: violation)
-            }
-            return .finished(.errored, exitCode: code, message: violation)
-        }
+        if let violation { return outcome(of: violation, exitCode: code, monitor: monitor) }
         if Task.isCancelled { return .interrupted }
         switch exit {
         case .exited(0): return .finished(.passed, exitCode: 0, message: nil)
@@ -120,6 +116,26 @@ public enum BuildRun {
             return .finished(.errored, exitCode: code, message: "The build was killed by signal \(signal).")
         }
     }
+
+    /// The job-level limits (log length, hard limit, log silence) end the job `errored` in any
+    /// stage; an `after_*` stage's own timeout keeps the result the script stage gave, as every
+    /// other `after_*` failure does.
+    static func outcome(of violation: LimitViolation, exitCode: Int32, monitor: OutputMonitor) -> BuildOutcome {
+        if case .stageTimeout(let stage) = violation.limit, stage.hasPrefix("after_"), let scriptResult = monitor.scriptResult {
+            return .finished(scriptResult == 0 ? .passed : .failed, exitCode: scriptResult, message: violation.message)
+        }
+        return .finished(.errored, exitCode: exitCode, message: violation.message)
+    }
+}
+
+/// A limit a build broke, and the log's closing explanation of it.
+struct LimitViolation: Sendable, Equatable {
+    enum Limit: Sendable, Equatable {
+        case logLength, hardLimit, logSilence
+        case stageTimeout(String)
+    }
+    var limit: Limit
+    var message: String
 }
 
 /// Watches a build's output as it streams: stage markers, silence, log length.
@@ -152,7 +168,6 @@ final class OutputMonitor: Sendable {
 
     var scriptResult: Int32? { state.withLock { $0.scriptResult } }
     var reachedScript: Bool { state.withLock { $0.reachedScript } }
-    var inAfterStage: Bool { state.withLock { ($0.stage?.name ?? $0.lastStage ?? "").hasPrefix("after_") } }
 
     /// Notes `chunk` and returns the part of it that fits in the log (nil once the log is cut).
     func accept(_ chunk: [UInt8]) -> [UInt8]? {
@@ -172,20 +187,20 @@ final class OutputMonitor: Sendable {
         }
     }
 
-    /// The limit the build has broken, as the log's closing explanation.
-    func violation(now: ContinuousClock.Instant) -> String? {
+    /// The limit the build has broken, with the log's closing explanation.
+    func violation(now: ContinuousClock.Instant) -> LimitViolation? {
         state.withLock { state in
             if state.cut {
-                return "The log length has exceeded the limit of \(limits.logLength) bytes (this usually means the build produced excessive output). The build has been terminated."
+                return LimitViolation(limit: .logLength, message: "The log length has exceeded the limit of \(limits.logLength) bytes (this usually means the build produced excessive output). The build has been terminated.")
             }
             if now - startedAt >= limits.hardLimit {
-                return "The job exceeded the maximum time limit for jobs (\(limits.hardLimit.components.seconds) s), and has been terminated."
+                return LimitViolation(limit: .hardLimit, message: "The job exceeded the maximum time limit for jobs (\(limits.hardLimit.components.seconds) s), and has been terminated.")
             }
             if now - state.lastOutputAt >= limits.logSilence {
-                return "No output has been received in the last \(limits.logSilence.components.seconds) seconds, this potentially indicates a stalled build or something wrong with the build itself. The build has been terminated."
+                return LimitViolation(limit: .logSilence, message: "No output has been received in the last \(limits.logSilence.components.seconds) seconds, this potentially indicates a stalled build or something wrong with the build itself. The build has been terminated.")
             }
             if let stage = state.stage, let seconds = limits.stageTimeout(stage.name), now - stage.startedAt >= .seconds(seconds) {
-                return "The \(stage.name) stage exceeded its time limit of \(seconds) s, and the build has been terminated."
+                return LimitViolation(limit: .stageTimeout(stage.name), message: "The \(stage.name) stage exceeded its time limit of \(seconds) s, and the build has been terminated.")
             }
             return nil
         }
