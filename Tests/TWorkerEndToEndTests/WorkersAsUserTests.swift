@@ -73,6 +73,16 @@ struct WorkersAsUserTests {
                 #expect(info.st_gid == account.pw_gid && info.st_mode & 0o007 == 0 && info.st_mode & 0o050 == 0o050,
                         "\(path): gid \(info.st_gid), mode \(String(info.st_mode & 0o777, radix: 8))")
             }
+            // The workers, as the account, hold the embedded server's users lock (it outlives no
+            // worker, their master killed or not): the lock files are the group's.
+            for lock in ["start.lock", "users.lock"] {
+                try #require(stat(stateDir + "/redis/" + lock, &info) == 0)
+                #expect(info.st_gid == account.pw_gid && info.st_mode & 0o777 == 0o660,
+                        "\(lock): gid \(info.st_gid), mode \(String(info.st_mode & 0o777, radix: 8))")
+            }
+            let status = try ControlClient.send(ControlRequest(command: .status), path: MasterPaths(stateDir: stateDir).socket, timeoutSeconds: 5).status
+            let workerPID = try #require(status?.workers.first?.pid)
+            #expect(flockHolders(of: stateDir + "/redis/users.lock").contains(workerPID), "the worker running as \(user) holds the users lock")
             let socket = stateDir + "/redis/redis.sock"
             let asWorker = try await Self.run("/usr/bin/setpriv", ["--reuid=\(user)", "--regid=\(user)", "--init-groups",
                                                                     "redis-cli", "-s", socket, "ping"])
