@@ -160,7 +160,7 @@ struct EmbeddedRedisTests {
         let redis = RedisConnection(endpoint: try RedisEndpoint(url: "unix://" + host.socket))
         defer { redis.close() }
         let running = await eventually(timeout: .seconds(20)) {
-            (try? await redis.send(["HGET", "tworker:job:\(id)", "state"]))?.string == "running"
+            (try? await redis.send(["HGET", "tworker:job:\(id)", "state"]))?.string == "started"
         }
         try #require(running, "\(master.output)")
         let server = try #require(host.servers().first)

@@ -183,7 +183,8 @@ struct ProgramsOnPathTests {
 
     @Test func withoutTarOnPATHLifecycleCommandsThatUnpackTheBoxSayOneLineAndTouchNoVM() async throws {
         try await PathHost.with(createVMs: true) { path in
-            let bin = try pathOf(["VBoxManage": path.vboxmanageOnly + "/VBoxManage"], in: path.host.directory.path)
+            // ssh for reprovision: everything but tar.
+            let bin = try pathOf(["VBoxManage": path.vboxmanageOnly + "/VBoxManage", "ssh": "ssh"], in: path.host.directory.path)
             let line = path.missingLine("tar", path: bin, remedy: "install tar")
             let before = try path.fake.callRecords().count
             // rebuild would power off and set the old base aside before unpacking; import and
