@@ -10,11 +10,12 @@ struct Setup: AsyncParsableCommand {
         discussion: """
         Each step changes only what is not in place yet, so running it again changes nothing: \
         config/worker.yml copied from worker.example.yml when missing; the config's group and user \
-        (groupadd, useradd with a home and /bin/bash) when missing; the private key at ssh.key \
+        (groupadd, useradd with a home and bash as found on PATH) when missing; the private key at ssh.key \
         generated (ssh-keygen, ed25519) when missing, owned by the user, mode 0600; this binary \
         copied to <prefix>/bin/tworker; the systemd unit (or with --runit the runit service) that \
         runs `tworker start` as root (its workers run as the user). Ends with `tworker doctor`. \
-        Run as root. Exit codes: 0 set up and doctor found nothing blocking; 1 a step failed or \
+        Run as root; groupadd, useradd, ssh-keygen and bash are looked up on PATH before the first step \
+        (each missing one is a line, then exit 1). Exit codes: 0 set up and doctor found nothing blocking; 1 a step failed or \
         doctor reported a FAIL; 78 invalid configuration.
         """
     )
@@ -46,6 +47,12 @@ struct Setup: AsyncParsableCommand {
         let setup = HostSetup(runner: ProgramRunner(logger: quietLogger()))
         let configDir = ServiceFiles.configDirectory(flag: global.configDir, environment: ProcessInfo.processInfo.environment,
                                                      currentDirectory: cwd)
+        // Before the first step, every missing program at once: a host half set up helps nobody.
+        let missing = setup.missingPrograms()
+        if !missing.isEmpty {
+            missing.forEach { printError($0.description) }
+            throw ExitCode.failure
+        }
         do {
             // worker.yml first: what the steps below do depends on the config.
             show(try setup.configFile(configDir: configDir))

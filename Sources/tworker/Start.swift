@@ -28,7 +28,7 @@ struct Start: AsyncParsableCommand {
         let config = try global.load(secrets: true).config
         do {
             // Every worker would fail every job without them: say so once, before starting any.
-            try ProgramLocator().check(Program.forWorkers(config))
+            try ProgramLocator().check(Program.forStart(config))
         } catch {
             printError(error.description)
             throw ExitCode.failure

@@ -101,7 +101,7 @@ extension Vagrant {
 
         func run() async throws {
             try await reportingFailures {
-                let context = try await LifecycleContext.make(global)
+                let context = try await LifecycleContext.make(global) { Program.forLifecycle($0, importingBase: true) }
                 defer { context.finish() }
                 try await context.lifecycle.importAll()
             }
@@ -124,7 +124,7 @@ extension Vagrant {
 
         func run() async throws {
             try await reportingFailures {
-                let context = try await LifecycleContext.make(global) { Program.forLifecycle($0, buildingBox: provision) }
+                let context = try await LifecycleContext.make(global) { Program.forLifecycle($0, buildingBox: provision, importingBase: true) }
                 defer { context.finish() }
                 try confirm("delete and re-create every VM named \(context.config.vms.namePrefix)*", yes: yes)
                 try await context.lifecycle.rebuild(provisionWithVagrant: provision)
@@ -154,7 +154,10 @@ extension Vagrant {
 
         func run() async throws {
             try await reportingFailures {
-                let context = try await LifecycleContext.make(global) { Program.forLifecycle($0, provisioning: true) }
+                let context = try await LifecycleContext.make(global) {
+                    // --strategy base imports the base first when it is missing.
+                    Program.forLifecycle($0, provisioning: true, importingBase: strategy == Lifecycle.Strategy.base.rawValue)
+                }
                 defer { context.finish() }
                 print(context.lifecycle.estimateLine())
                 try await context.lifecycle.reprovision(Lifecycle.Strategy(rawValue: strategy)!)

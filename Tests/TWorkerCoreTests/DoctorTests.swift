@@ -389,31 +389,83 @@ enum DoctorTestsSupport {
         func group(_ name: String) -> gid_t? { groups[name] }
     }
 
+    /// A PATH of one temp directory holding executables named `programs`.
+    static func withPath(_ programs: [String], _ body: (String) async throws -> Void) async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("tworker-setup-path-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        for program in programs {
+            try "#!/bin/sh\nexit 0\n".write(toFile: directory + "/" + program, atomically: true, encoding: .utf8)
+            chmod(directory + "/" + program, 0o755)
+        }
+        try await body(directory)
+    }
+
     @Test func missingGroupAndUserAreMadeWithTypedCommandsAndExistingOnesAreLeftAlone() async throws {
-        let runner = RecordingRunner()
-        let steps = try await HostSetup(runner: runner, accounts: Accounts()).account(user: "travis", group: "builders")
-        #expect(steps.map(\.changed) == [true, true])
-        #expect(runner.commands.withLock { $0 } == [.groupadd("builders"), .useradd("travis", group: "builders")])
-        #expect(runner.commands.withLock { $0 }.map { "\($0)" } == ["groupadd --system builders",
-                                                                     "useradd --create-home --shell /bin/bash --gid builders travis"])
+        try await Self.withPath(["bash"]) { bin in
+            let locator = ProgramLocator(searchPath: bin)
+            let shell = bin + "/bash"
+            let runner = RecordingRunner()
+            let steps = try await HostSetup(runner: runner, accounts: Accounts(), locator: locator).account(user: "travis", group: "builders")
+            #expect(steps.map(\.changed) == [true, true])
+            #expect(runner.commands.withLock { $0 } == [.groupadd("builders"), .useradd("travis", group: "builders", shell: shell)])
+            #expect(runner.commands.withLock { $0 }.map { "\($0)" } == ["groupadd --system builders",
+                                                                         "useradd --create-home --shell \(shell) --gid builders travis"],
+                    "the login shell is the bash found on PATH")
 
-        let again = RecordingRunner()
-        let unchanged = try await HostSetup(runner: again, accounts: Accounts(users: ["travis": (1000, 1000)], groups: ["builders": 1001]))
-            .account(user: "travis", group: "builders")
-        #expect(unchanged.map(\.changed) == [false, false])
-        #expect(again.commands.withLock { $0 }.isEmpty)
+            let again = RecordingRunner()
+            let unchanged = try await HostSetup(runner: again, accounts: Accounts(users: ["travis": (1000, 1000)], groups: ["builders": 1001]),
+                                                locator: locator)
+                .account(user: "travis", group: "builders")
+            #expect(unchanged.map(\.changed) == [false, false])
+            #expect(again.commands.withLock { $0 }.isEmpty)
 
-        let ownGroup = RecordingRunner()
-        _ = try await HostSetup(runner: ownGroup, accounts: Accounts()).account(user: "travis", group: nil)
-        #expect(ownGroup.commands.withLock { $0 }.map { "\($0)" } == ["useradd --create-home --shell /bin/bash --user-group travis"])
-        let groupExists = RecordingRunner()
-        _ = try await HostSetup(runner: groupExists, accounts: Accounts(groups: ["travis": 1000])).account(user: "travis", group: nil)
-        #expect(groupExists.commands.withLock { $0 }.map { "\($0)" } == ["useradd --create-home --shell /bin/bash --gid travis travis"],
-                "useradd --user-group refuses when the group exists")
+            let ownGroup = RecordingRunner()
+            _ = try await HostSetup(runner: ownGroup, accounts: Accounts(), locator: locator).account(user: "travis", group: nil)
+            #expect(ownGroup.commands.withLock { $0 }.map { "\($0)" } == ["useradd --create-home --shell \(shell) --user-group travis"])
+            let groupExists = RecordingRunner()
+            _ = try await HostSetup(runner: groupExists, accounts: Accounts(groups: ["travis": 1000]), locator: locator)
+                .account(user: "travis", group: nil)
+            #expect(groupExists.commands.withLock { $0 }.map { "\($0)" } == ["useradd --create-home --shell \(shell) --gid travis travis"],
+                    "useradd --user-group refuses when the group exists")
 
-        let none = RecordingRunner()
-        let skipped = try await HostSetup(runner: none, accounts: Accounts()).account(user: nil, group: nil)
-        #expect(skipped.map(\.changed) == [false] && none.commands.withLock { $0 }.isEmpty)
+            let none = RecordingRunner()
+            let skipped = try await HostSetup(runner: none, accounts: Accounts(), locator: locator).account(user: nil, group: nil)
+            #expect(skipped.map(\.changed) == [false] && none.commands.withLock { $0 }.isEmpty)
+        }
+    }
+
+    @Test func theUseraddShellIsWhateverBashPATHFinds() {
+        #expect(ProgramCommand.useradd("travis", group: nil, shell: "/usr/local/bin/bash").arguments
+                == ["--create-home", "--shell", "/usr/local/bin/bash", "--user-group", "travis"])
+        #expect(ProgramCommand.useradd("travis", group: "ci", shell: "/bin/bash").arguments
+                == ["--create-home", "--shell", "/bin/bash", "--gid", "ci", "travis"])
+    }
+
+    @Test func withoutBashOnPATHNoUserIsMadeAndTheStepSaysWhy() async throws {
+        try await Self.withPath(["groupadd"]) { bin in
+            let runner = RecordingRunner()
+            let error = await #expect(throws: HostSetup.Failure.self) {
+                try await HostSetup(runner: runner, accounts: Accounts(), locator: ProgramLocator(searchPath: bin)).account(user: "travis", group: nil)
+            }
+            #expect(error?.step == "user")
+            #expect(error?.description == "bash not found on PATH (\(bin)); install bash")
+            #expect(runner.commands.withLock { $0 }.isEmpty, "useradd never ran")
+        }
+    }
+
+    @Test func everyMissingProgramOfTheStepsIsNamedInOrder() async throws {
+        try await Self.withPath(["useradd"]) { bin in
+            let setup = HostSetup(runner: RecordingRunner(), accounts: Accounts(), locator: ProgramLocator(searchPath: bin))
+            #expect(setup.missingPrograms().map(\.description) == [
+                "groupadd not found on PATH (\(bin)); install passwd (useradd, groupadd)",
+                "ssh-keygen not found on PATH (\(bin)); install the ssh client (openssh-client)",
+                "bash not found on PATH (\(bin)); install bash",
+            ])
+        }
+        try await Self.withPath(["groupadd", "useradd", "ssh-keygen", "bash"]) { bin in
+            #expect(HostSetup(runner: RecordingRunner(), accounts: Accounts(), locator: ProgramLocator(searchPath: bin)).missingPrograms().isEmpty)
+        }
     }
 
     @Test func aMissingKeyIsGeneratedAndAnOpenOneIsClosed() async throws {

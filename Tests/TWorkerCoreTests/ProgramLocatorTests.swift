@@ -100,4 +100,32 @@ struct ProgramLocatorTests {
         config.provider = .local
         #expect(Program.forWorkers(config).map(\.name) == ["bash"])
     }
+
+    @Test func startChecksRedisServerOnlyForTheEmbeddedRedis() {
+        var config = WorkerConfig.defaults(env: "test")
+        config.provider = .local
+        config.redis.url = "embedded"
+        #expect(Program.forStart(config).map(\.name) == ["bash", "redis-server"])
+        #expect(Program.forStart(config).last?.remedy == "install redis-server or set redis.url to an existing server")
+        config.redis.url = "redis://127.0.0.1:6379"
+        #expect(Program.forStart(config).map(\.name) == ["bash"])
+    }
+
+    @Test func tarIsNeededWhereABoxFileIsUnpackedIntoTheBase() throws {
+        try withBins { root in
+            var config = WorkerConfig.defaults(env: "test")
+            config.provider = .virtualbox
+            config.vms.baseBox = root + "/base.box"
+            try makeFile(config.vms.baseBox, executable: false)
+            #expect(Program.forLifecycle(config, importingBase: true).map(\.name) == ["VBoxManage", "tar"])
+            #expect(Program.forLifecycle(config).map(\.name) == ["VBoxManage"], "status and remove unpack nothing")
+            // A box added to vagrant is read where vagrant put it, unpacked already.
+            config.vms.baseBox = "debian/bookworm64"
+            #expect(Program.forLifecycle(config, importingBase: true).map(\.name) == ["VBoxManage"])
+            // The box vagrant builds is a file, unpacked next.
+            #expect(Program.forLifecycle(config, buildingBox: true, importingBase: true).map(\.name) == ["VBoxManage", "vagrant", "tar"])
+            config.provider = .qemu
+            #expect(Program.forLifecycle(config, importingBase: true).map(\.name) == ["qemu-system-x86_64", "qemu-img", "ssh"])
+        }
+    }
 }

@@ -230,6 +230,7 @@ struct SetupEndToEndTests {
             let account = try #require(getpwnam(user)?.pointee, "useradd made the account")
             #expect(account.pw_gid == getgrnam(user)?.pointee.gr_gid)
             #expect(FileManager.default.fileExists(atPath: String(cString: account.pw_dir)), "with a home")
+            #expect(String(cString: account.pw_shell) == (try ProgramLocator().locate(.bash())), "the login shell is the bash on PATH")
 
             var info = stat()
             try #require(stat(key, &info) == 0, "\(first.out)")

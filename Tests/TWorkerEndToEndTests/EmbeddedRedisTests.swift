@@ -1,5 +1,7 @@
 import Foundation
+import RedisClient
 import Testing
+import TWorkerCore
 import TWorkerTestSupport
 
 /// `redis.url: embedded` as a new user meets it: several commands started at the same moment
@@ -14,16 +16,26 @@ struct EmbeddedRedisTests {
         var redisDirectory: String { directory.path + "/var/redis" }
         var socket: String { redisDirectory + "/redis.sock" }
 
-        init() throws {
+        /// `extra`: YAML added to the config.
+        init(extra: String = "") throws {
             directory = try TempDirectory(prefix: "tworker-embedded")
             try FileManager.default.createDirectory(atPath: configDir, withIntermediateDirectories: true)
-            try "provider: local\nstate_dir: \(directory.path)/var\n".write(toFile: configDir + "/worker.yml", atomically: true, encoding: .utf8)
+            try "provider: local\nstate_dir: \(directory.path)/var\n\(extra)".write(toFile: configDir + "/worker.yml", atomically: true, encoding: .utf8)
         }
 
-        func spawn(_ arguments: [String], name: String) throws -> SpawnedProcess {
+        func spawn(_ arguments: [String], name: String, environment extra: [String: String] = [:]) throws -> SpawnedProcess {
             try SpawnedProcess.spawn(try tworkerExecutable(), arguments + ["--config-dir", configDir],
-                                     environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": directory.path],
+                                     environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": directory.path]
+                                        .merging(extra) { $1 },
                                      log: directory.path + "/\(name)-\(UUID().uuidString.prefix(6)).log")
+        }
+
+        /// Runs a command to its end: exit status (nil: still running after 30 s, then killed) and output.
+        func run(_ arguments: [String], name: String) async throws -> (status: Int32?, output: String) {
+            let process = try spawn(arguments, name: name)
+            let status = await process.waitForExit(timeout: .seconds(30))
+            if status == nil { await process.kill9() }
+            return (status, process.output)
         }
 
         /// Every live redis-server serving this host's socket (its process title names the
@@ -125,6 +137,55 @@ struct EmbeddedRedisTests {
         #expect(await eventually(timeout: .seconds(5)) { host.servers().isEmpty })
     }
 
+    /// A master's workers use the server it started (their REDIS_URL is its socket) and outlive
+    /// a SIGKILLed master until their running jobs end. They hold the users lock too: a command
+    /// that joins and leaves meanwhile is not the last user and leaves the server up; the last
+    /// worker to leave stops it.
+    @Test func workersOfAKilledMasterKeepTheServerUntilTheLastOfThemLeaves() async throws {
+        let host = try Host(extra: "http:\n  listen: \"\"\nheartbeat:\n  interval: 1\n")
+        defer { host.directory.remove() }
+        let master = try host.spawn(["start"], name: "master", environment: ["TWORKER_ALLOW_ROOT": "1"])
+        defer { if !processIsGone(master.pid) { ProcessProbe.killTree(master.pid) } }
+        let ready = await eventually(timeout: .seconds(30)) { master.output.contains("worker ready") }
+        try #require(ready, "\(master.output)")
+        let socket = MasterPaths(stateDir: host.directory.path + "/var").socket
+        let status = try ControlClient.send(ControlRequest(command: .status), path: socket, timeoutSeconds: 5).status
+        let worker = try #require(status?.workers.first?.pid, "\(String(describing: status))")
+        defer { if !processIsGone(worker) { ProcessProbe.killTree(worker) } }
+        #expect(flockHolders(of: host.redisDirectory + "/users.lock").contains(worker), "the worker holds the users lock")
+
+        let enqueued = try await host.run(["enqueue", "--script", "sleep 6", "--script", "echo after-the-master"], name: "enqueue")
+        try #require(enqueued.status == 0, "\(enqueued.output)")
+        let id = try #require(enqueued.output.split(separator: "\n").last.map(String.init))
+        let redis = RedisConnection(endpoint: try RedisEndpoint(url: "unix://" + host.socket))
+        defer { redis.close() }
+        let running = await eventually(timeout: .seconds(20)) {
+            (try? await redis.send(["HGET", "tworker:job:\(id)", "state"]))?.string == "started"
+        }
+        try #require(running, "\(master.output)")
+        let server = try #require(host.servers().first)
+
+        // The master alone: its workers run in sessions of their own.
+        await master.kill9()
+        #expect(!processIsGone(worker), "the worker outlives its master until its job ends")
+        // Each joins the server and leaves it; neither is its last user while the worker runs.
+        let looked = try await host.run(["status"], name: "status")
+        #expect(looked.status != nil, "\(looked.output)")
+        let logs = try await host.run(["logs", id], name: "logs")
+        #expect(logs.status == 0, "\(logs.output)")
+        #expect(host.servers() == [server], "the server was stopped under the worker")
+
+        // The worker ends its job on that server, then (its master gone) exits: the last user,
+        // it stops the server.
+        #expect(await eventually(timeout: .seconds(40)) { processIsGone(worker) }, "the worker did not finish its job and exit")
+        #expect(await eventually(timeout: .seconds(10)) { host.servers().isEmpty }, "the last user left the server running")
+        let job = try await host.run(["job", id], name: "job")
+        #expect(job.status == 0 && job.output.contains("passed"), "\(job.output)")
+        let log = try await host.run(["logs", id], name: "logs-after")
+        #expect(log.output.contains("after-the-master"), "\(log.output)")
+        #expect(await eventually(timeout: .seconds(5)) { host.servers().isEmpty })
+    }
+
     @Test func aFollowerEndedWithCtrlCLeavesTheServerAsANormalEndWould() async throws {
         let host = try Host()
         defer { host.directory.remove() }
@@ -134,4 +195,20 @@ struct EmbeddedRedisTests {
         #expect(await follower.waitForExit(timeout: .seconds(15)) == 128 + SIGINT, "\(follower.output)")
         #expect(await eventually(timeout: .seconds(5)) { host.servers().isEmpty }, "its last user was interrupted, the server stopped")
     }
+}
+
+/// The pids holding an flock on `path` (from /proc/locks, by the file's inode).
+func flockHolders(of path: String) -> Set<pid_t> {
+    var info = stat()
+    guard stat(path, &info) == 0, let locks = try? String(contentsOfFile: "/proc/locks", encoding: .utf8) else { return [] }
+    let inode = ":\(info.st_ino)"
+    var holders: Set<pid_t> = []
+    for line in locks.split(separator: "\n") {
+        // `1: FLOCK  ADVISORY  READ 1234 08:01:5678 0 EOF`; blocked waiters (`->`) hold nothing.
+        let fields = line.split(separator: " ")
+        guard fields.count >= 6, fields[1] == "FLOCK", !line.contains("->"), fields[5].hasSuffix(inode),
+              let pid = pid_t(fields[4]) else { continue }
+        holders.insert(pid)
+    }
+    return holders
 }

@@ -80,8 +80,24 @@ struct PathHost {
     }
 
     func missingLine(_ name: String, path: String, remedy: String) -> String {
+        Self.missingLine(name, path: path, remedy: remedy)
+    }
+
+    static func missingLine(_ name: String, path: String, remedy: String) -> String {
         "tworker: \(name) not found on PATH (\(path)); \(remedy)\n"
     }
+}
+
+/// A PATH of one directory (under `parent`) holding symlinks to only the programs wanted:
+/// name → what it runs (a path, or a bare name found on the test's own PATH).
+func pathOf(_ programs: [String: String], in parent: String) throws -> String {
+    let directory = parent + "/path-\(UUID().uuidString.prefix(8))"
+    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    for (name, target) in programs {
+        let resolved = target.contains("/") ? target : try ProgramLocator().locate(Program(name: target, remedy: ""))
+        try FileManager.default.createSymbolicLink(atPath: directory + "/" + name, withDestinationPath: resolved)
+    }
+    return directory
 }
 
 @Suite(.tags(.endToEnd), .serialized)
@@ -165,6 +181,36 @@ struct ProgramsOnPathTests {
         }
     }
 
+    @Test func withoutTarOnPATHLifecycleCommandsThatUnpackTheBoxSayOneLineAndTouchNoVM() async throws {
+        try await PathHost.with(createVMs: true) { path in
+            // ssh for reprovision: everything but tar.
+            let bin = try pathOf(["VBoxManage": path.vboxmanageOnly + "/VBoxManage", "ssh": "ssh"], in: path.host.directory.path)
+            let line = path.missingLine("tar", path: bin, remedy: "install tar")
+            let before = try path.fake.callRecords().count
+            // rebuild would power off and set the old base aside before unpacking; import and
+            // reprovision --strategy base unpack the box when the base is missing.
+            for command in [["vagrant", "rebuild", "--yes"], ["vagrant", "import"], ["vms", "reprovision", "--strategy", "base"]] {
+                let result = try await path.cli(command, path: bin)
+                #expect(result.status == 1, "\(command): \(result.err)")
+                #expect(result.err == line, "\(command)")
+                #expect(result.out.isEmpty, "\(command): \(result.out)")
+            }
+            #expect(try path.fake.callRecords().count == before, "no VBoxManage call was made")
+        }
+    }
+
+    @Test func withoutSSHOnPATHReprovisionSaysOneLineAndTouchesNoVM() async throws {
+        try await PathHost.with(createVMs: true) { path in
+            let bin = try pathOf(["VBoxManage": path.vboxmanageOnly + "/VBoxManage", "tar": "tar"], in: path.host.directory.path)
+            let before = try path.fake.callRecords().count
+            let result = try await path.cli(["vagrant", "reprovision", "--strategy", "each"], path: bin)
+            #expect(result.status == 1, "\(result.err)")
+            #expect(result.err == path.missingLine("ssh", path: bin, remedy: "install the ssh client (openssh-client)"))
+            #expect(result.out.isEmpty, "\(result.out)")
+            #expect(try path.fake.callRecords().count == before, "no VBoxManage call was made")
+        }
+    }
+
     @Test func withoutVBoxManageOnPATHAWorkerRequeuesTheJobThenErrorsIt() async throws {
         try await PathHost.with(createVMs: true, extraConfig: "limits:\n  max_attempts: 2\n") { path in
             let system = PathHost.systemPath
@@ -182,6 +228,85 @@ struct ProgramsOnPathTests {
             #expect(try await path.host.int(["LLEN", path.host.keys.processing(vm: "worker-1")]) == 0, "never left in processing")
             #expect(try await path.host.int(["LLEN", "resque:queue:builds"]) == 0)
             #expect(!(try await path.host.log(id).text.contains("never-runs\n")))
+        }
+    }
+}
+
+/// The other providers' programs, redis-server for the embedded Redis, and `tworker setup`'s
+/// programs, each missing from a PATH of symlinks to only the others: one line naming it and
+/// what sets it, exit 1, nothing started.
+@Suite(.tags(.endToEnd), .serialized)
+struct MissingProgramsTests {
+    /// `tworker start` with exactly this PATH: its exit status and output, and whether it took the master lock.
+    func start(_ host: TestHost, path: String) async throws -> (status: Int32?, output: String, locked: Bool) {
+        let master = try host.spawnMaster(environment: ["PATH": path])
+        let status = await master.process.waitForExit(timeout: .seconds(30))
+        await master.cleanUp()
+        return (status, master.output, FileManager.default.fileExists(atPath: master.paths.pidFile))
+    }
+
+    @Test func qemuStartAndImportNameEachMissingProgramAndItsKey() async throws {
+        try await TestHost.with { host in
+            let image = host.directory.path + "/base.qcow2"
+            try Data().write(to: URL(fileURLWithPath: image))
+            try "provider: qemu\nvms:\n  base_image: \(image)\n".write(toFile: host.configDir + "/worker.yml", atomically: true, encoding: .utf8)
+            let cases: [(present: [String: String], missing: String, remedy: String)] = [
+                ([:], "qemu-system-x86_64", "install qemu-system-x86 or set qemu.binary"),
+                (["qemu-system-x86_64": "/bin/true"], "qemu-img", "install qemu-utils or set qemu.img"),
+                (["qemu-system-x86_64": "/bin/true", "qemu-img": "/bin/true"], "ssh", "install the ssh client (openssh-client)"),
+            ]
+            for (present, missing, remedy) in cases {
+                let bin = try pathOf(present, in: host.directory.path)
+                let line = PathHost.missingLine(missing, path: bin, remedy: remedy)
+                let started = try await start(host, path: bin)
+                #expect(started.status == 1, "start without \(missing): \(started.output)")
+                #expect(started.output == line, "start without \(missing)")
+                #expect(!started.locked, "nothing started")
+                let imported = try await host.cli(["vms", "import", "--env", "test", "--config-dir", host.configDir], environment: ["PATH": bin])
+                #expect(imported.status == 1, "import without \(missing): \(imported.err)")
+                #expect(imported.err == line, "import without \(missing)")
+                #expect(imported.out.isEmpty, "\(imported.out)")
+            }
+            #expect(!FileManager.default.fileExists(atPath: host.stateDir + "/qemu"), "no VM file was made")
+        }
+    }
+
+    @Test func localStartWithoutBashSaysOneLine() async throws {
+        try await TestHost.with { host in
+            let bin = try pathOf([:], in: host.directory.path)
+            let started = try await start(host, path: bin)
+            #expect(started.status == 1, "\(started.output)")
+            #expect(started.output == PathHost.missingLine("bash", path: bin, remedy: "install bash"))
+            #expect(!started.locked)
+        }
+    }
+
+    @Test func startOnTheEmbeddedRedisWithoutRedisServerSaysSoBeforeTakingTheMasterLock() async throws {
+        try await TestHost.with { host in
+            var embedded = host
+            embedded.redisSection = "  url: embedded"
+            try embedded.writeConfig("")
+            let bin = try pathOf(["bash": "bash"], in: host.directory.path)
+            let started = try await start(embedded, path: bin)
+            #expect(started.status == 1, "\(started.output)")
+            #expect(started.output == PathHost.missingLine("redis-server", path: bin, remedy: "install redis-server or set redis.url to an existing server"))
+            #expect(!started.locked, "the master lock was not taken")
+            #expect(!FileManager.default.fileExists(atPath: host.stateDir + "/redis"), "no embedded Redis was set up")
+        }
+    }
+
+    @Test func setupNamesEveryMissingProgramBeforeItsFirstStep() async throws {
+        try await TestHost.with { host in
+            try "provider: local\n".write(toFile: host.configDir + "/worker.example.yml", atomically: true, encoding: .utf8)
+            let bin = try pathOf(["bash": "bash", "useradd": "/bin/true"], in: host.directory.path)
+            let result = try await host.cli(["setup", "--env", "test", "--config-dir", host.configDir, "--prefix", host.directory.path + "/prefix",
+                                             "--no-service"], environment: ["PATH": bin])
+            #expect(result.status == 1, "\(result.out)\n\(result.err)")
+            #expect(result.err == PathHost.missingLine("groupadd", path: bin, remedy: "install passwd (useradd, groupadd)")
+                    + PathHost.missingLine("ssh-keygen", path: bin, remedy: "install the ssh client (openssh-client)"), "\(result.err)")
+            #expect(result.out.isEmpty, "no step ran: \(result.out)")
+            #expect(!FileManager.default.fileExists(atPath: host.configDir + "/worker.yml"), "the first step (config) did not run")
+            #expect(!FileManager.default.fileExists(atPath: host.directory.path + "/prefix"))
         }
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import RedisClient
 import Testing
 import TWorkerCore
 import TWorkerTestSupport
@@ -38,8 +39,9 @@ struct WorkersAsUserTests {
             let configDir = directory.path + "/config"
             let stateDir = directory.path + "/var"
             try FileManager.default.createDirectory(atPath: configDir, withIntermediateDirectories: true)
-            // The documented defaults (local provider, embedded Redis) but for where state_dir is.
-            try "provider: local\nstate_dir: \(stateDir)\nuser: \(user)\ngroup: \(user)\nheartbeat:\n  interval: 1\n"
+            // The documented defaults (local provider, embedded Redis) but for where state_dir is,
+            // and no HTTP listener (another master on this host may hold the default port).
+            try "provider: local\nstate_dir: \(stateDir)\nuser: \(user)\ngroup: \(user)\nheartbeat:\n  interval: 1\nhttp:\n  listen: \"\"\n"
                 .write(toFile: configDir + "/worker.yml", atomically: true, encoding: .utf8)
             let environment = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": directory.path]
             func cli(_ arguments: [String]) async throws -> (status: Int32?, output: String) {
@@ -73,6 +75,16 @@ struct WorkersAsUserTests {
                 #expect(info.st_gid == account.pw_gid && info.st_mode & 0o007 == 0 && info.st_mode & 0o050 == 0o050,
                         "\(path): gid \(info.st_gid), mode \(String(info.st_mode & 0o777, radix: 8))")
             }
+            // The workers, as the account, hold the embedded server's users lock (it outlives no
+            // worker, their master killed or not): the lock files are the group's.
+            for lock in ["start.lock", "users.lock"] {
+                try #require(stat(stateDir + "/redis/" + lock, &info) == 0)
+                #expect(info.st_gid == account.pw_gid && info.st_mode & 0o777 == 0o660,
+                        "\(lock): gid \(info.st_gid), mode \(String(info.st_mode & 0o777, radix: 8))")
+            }
+            let status = try ControlClient.send(ControlRequest(command: .status), path: MasterPaths(stateDir: stateDir).socket, timeoutSeconds: 5).status
+            let workerPID = try #require(status?.workers.first?.pid)
+            #expect(flockHolders(of: stateDir + "/redis/users.lock").contains(workerPID), "the worker running as \(user) holds the users lock")
             let socket = stateDir + "/redis/redis.sock"
             let asWorker = try await Self.run("/usr/bin/setpriv", ["--reuid=\(user)", "--regid=\(user)", "--init-groups",
                                                                     "redis-cli", "-s", socket, "ping"])
@@ -88,6 +100,65 @@ struct WorkersAsUserTests {
             #expect(await master.waitForExit(timeout: .seconds(30)) == 0, "\(master.output)")
             // The master was the embedded server's last user.
             #expect(!FileManager.default.fileExists(atPath: socket), "\(master.output)")
+        }
+    }
+
+    /// Workers as the account outlive their SIGKILLed root master until their jobs end, holding
+    /// the embedded server's users lock all along; the last cannot signal root's server, so the
+    /// next command to leave stops it.
+    @Test func workersAsTheAccountKeepTheEmbeddedRedisOfAKilledRootMaster() async throws {
+        try await Self.withAccount { user in
+            let directory = try TempDirectory(prefix: "tworker-asuser")
+            defer { directory.remove() }
+            chmod(directory.path, 0o711)
+            let configDir = directory.path + "/config"
+            let stateDir = directory.path + "/var"
+            try FileManager.default.createDirectory(atPath: configDir, withIntermediateDirectories: true)
+            try "provider: local\nstate_dir: \(stateDir)\nuser: \(user)\ngroup: \(user)\nheartbeat:\n  interval: 1\nhttp:\n  listen: \"\"\n"
+                .write(toFile: configDir + "/worker.yml", atomically: true, encoding: .utf8)
+            let environment = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": directory.path]
+            func cli(_ arguments: [String]) async throws -> (status: Int32?, output: String) {
+                let process = try SpawnedProcess.spawn(try tworkerExecutable(), arguments + ["--config-dir", configDir], environment: environment,
+                                                       log: directory.path + "/cli-\(UUID().uuidString.prefix(6)).log")
+                return (await process.waitForExit(timeout: .seconds(60)), process.output)
+            }
+            let socket = stateDir + "/redis/redis.sock"
+            func serverAnswers() async -> Bool {
+                let connection = RedisConnection(endpoint: try! RedisEndpoint(url: "unix://" + socket), connectTimeout: .seconds(1), commandTimeout: .seconds(1))
+                defer { connection.close() }
+                return (try? await connection.send(["PING"]))?.string == "PONG"
+            }
+
+            let master = try SpawnedProcess.spawn(try tworkerExecutable(), ["start", "--config-dir", configDir], environment: environment,
+                                                  log: directory.path + "/master.log")
+            defer { if !processIsGone(master.pid) { ProcessProbe.killTree(master.pid) } }
+            let ready = await eventually(timeout: .seconds(30)) { master.output.contains("worker ready") }
+            try #require(ready, "\(master.output)")
+            let status = try ControlClient.send(ControlRequest(command: .status), path: MasterPaths(stateDir: stateDir).socket, timeoutSeconds: 5).status
+            let worker = try #require(status?.workers.first?.pid)
+            defer { if !processIsGone(worker) { ProcessProbe.killTree(worker) } }
+
+            let enqueued = try await cli(["enqueue", "--script", "sleep 5", "--script", "echo done-as-$(id -un)"])
+            try #require(enqueued.status == 0, "\(enqueued.output)")
+            let id = try #require(enqueued.output.split(separator: "\n").last.map(String.init))
+            let redis = RedisConnection(endpoint: try RedisEndpoint(url: "unix://" + socket))
+            defer { redis.close() }
+            let started = await eventually(timeout: .seconds(20)) {
+                (try? await redis.send(["HGET", "tworker:job:\(id)", "state"]))?.string == "started"
+            }
+            try #require(started, "\(master.output)")
+
+            await master.kill9()
+            let logs = try await cli(["logs", id])
+            #expect(logs.status == 0, "\(logs.output)")
+            #expect(await serverAnswers(), "a command leaving stopped the server under the worker")
+            #expect(await eventually(timeout: .seconds(40)) { processIsGone(worker) }, "the worker did not finish its job and exit")
+            #expect(await serverAnswers(), "left behind by a worker that may not signal it, and reachable")
+            let job = try await cli(["job", id])
+            #expect(job.output.contains("passed"), "\(job.output)")
+            #expect(await eventually(timeout: .seconds(10)) { !FileManager.default.fileExists(atPath: socket) }, "the next command to leave stopped it")
+            let log = try await cli(["logs", id])
+            #expect(log.output.contains("done-as-\(user)"), "\(log.output)")
         }
     }
 

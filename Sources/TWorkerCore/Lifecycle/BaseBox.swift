@@ -9,14 +9,19 @@ public enum BaseBox {
 
     /// The `.ovf` to import for `vms.base_box`.
     public static func ovf(for box: String, stateDir: String, environment: [String: String] = ProcessInfo.processInfo.environment) async throws -> String {
-        var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: box, isDirectory: &isDirectory), !isDirectory.boolValue {
+        if isFile(box) {
             return try await unpack(box, stateDir: stateDir)
         }
         if box.contains("/") && box.hasSuffix(".box") {
             throw Problem(description: "vms.base_box: \(box) does not exist (build it with `tworker vagrant rebuild --provision`, or name a box added with `vagrant box add`)")
         }
         return try vagrantBox(named: box, environment: environment)
+    }
+
+    /// True when `box` is a file to unpack (with tar), not a box added to vagrant.
+    public static func isFile(_ box: String) -> Bool {
+        var isDirectory: ObjCBool = false
+        return FileManager.default.fileExists(atPath: box, isDirectory: &isDirectory) && !isDirectory.boolValue
     }
 
     /// Unpacks a `.box` (a tar, usually gzipped) into its own directory, keyed by the file's

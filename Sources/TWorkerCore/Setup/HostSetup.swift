@@ -45,10 +45,30 @@ public struct HostSetup: Sendable {
 
     public var runner: any ProgramRunning
     public var accounts: any AccountLookup
+    /// Finds bash for the build user's login shell (the path found, as a shell would run it).
+    public var locator: ProgramLocator
 
-    public init(runner: any ProgramRunning = ProgramRunner(), accounts: any AccountLookup = SystemAccounts()) {
+    public init(runner: any ProgramRunning = ProgramRunner(), accounts: any AccountLookup = SystemAccounts(),
+                locator: ProgramLocator = ProgramLocator()) {
         self.runner = runner
         self.accounts = accounts
+        self.locator = locator
+    }
+
+    /// What the steps run: `tworker setup` checks them all before its first step.
+    public static let programs: [Program] = [.groupadd, .useradd, .sshKeygen, .bash()]
+
+    /// Every one of `programs` that `locator` does not find, in order.
+    public func missingPrograms() -> [ProgramNotFound] {
+        var missing: [ProgramNotFound] = []
+        for program in Self.programs {
+            do {
+                _ = try locator.locate(program)
+            } catch {
+                missing.append(error)
+            }
+        }
+        return missing
     }
 
     // MARK: - Config
@@ -71,8 +91,8 @@ public struct HostSetup: Sendable {
 
     // MARK: - Build user
 
-    /// `group` (when named and missing), then `user` (when missing) with a home and a login
-    /// shell: builds run as it. Nothing when the config names no user.
+    /// `group` (when named and missing), then `user` (when missing) with a home and bash, as
+    /// found on PATH, for its login shell: builds run as it. Nothing when the config names no user.
     public func account(user: String?, group: String?) async throws(Failure) -> [Step] {
         guard let user else {
             return [Step("user", changed: false, "no user in the config: the workers run as the master's own account")]
@@ -91,7 +111,13 @@ public struct HostSetup: Sendable {
         } else {
             // Without a group, useradd makes one of the user's name, and refuses if that exists.
             let primary = group ?? (accounts.group(user) != nil ? user : nil)
-            try await run(.useradd(user, group: primary), step: "user")
+            let shell: String
+            do {
+                shell = try locator.locate(.bash())
+            } catch {
+                throw Failure(step: "user", description: error.description)
+            }
+            try await run(.useradd(user, group: primary, shell: shell), step: "user")
             steps.append(Step("user", changed: true, "created \(user)" + (group.map { " in group \($0)" } ?? "")))
         }
         return steps

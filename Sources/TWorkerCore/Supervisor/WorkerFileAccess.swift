@@ -9,8 +9,8 @@ public enum WorkerFileAccess {
         public var description: String
     }
 
-    /// `state_dir` (group: the workers', 0750); the embedded Redis's directory (0750) and
-    /// socket (0770) in the same group; the directories the workers write (the local
+    /// `state_dir` (group: the workers', 0750); the embedded Redis's directory (0750), socket
+    /// (0770) and lock files (0660) in the same group; the directories the workers write (the local
     /// workspace, `<state_dir>/ssh`, `<state_dir>/qemu`), theirs with everything under them.
     public static func prepare(_ config: WorkerConfig, for account: WorkerAccount) throws(Failure) {
         try makeDirectory(config.stateDir, owner: nil, group: account.gid, mode: 0o750)
@@ -19,6 +19,15 @@ public enum WorkerFileAccess {
             try makeDirectory((socket as NSString).deletingLastPathComponent, owner: nil, group: account.gid, mode: 0o750)
             guard chown(socket, uid_t.max, account.gid) == 0, chmod(socket, 0o770) == 0 else {
                 throw Failure(description: "cannot give the embedded Redis socket \(socket) to the workers' group: \(String(cString: strerror(errno)))")
+            }
+            // The workers hold the users lock too (the server stays up while any of them runs,
+            // their master killed or not), and take the start lock to join and to leave.
+            for lock in EmbeddedRedis.lockFiles(stateDir: config.stateDir) {
+                let fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0o660)
+                defer { if fd >= 0 { close(fd) } }
+                guard fd >= 0, fchown(fd, uid_t.max, account.gid) == 0, fchmod(fd, 0o660) == 0 else {
+                    throw Failure(description: "cannot give \(lock) to the workers' group: \(String(cString: strerror(errno)))")
+                }
             }
         }
         var owned = [(config.stateDir as NSString).appendingPathComponent("ssh")]

@@ -15,6 +15,10 @@ import Synchronization
 ///   (it alone can turn its shared lock exclusive) stops the server. The kernel drops a killed
 ///   command's locks, so a server left behind by SIGKILL is reachable, and the next command to
 ///   leave it stops it.
+///
+/// A master's workers are users too: their `REDIS_URL` is the socket the master started, and
+/// they join it (`join`) without ever starting one, so workers that outlive a SIGKILLed master
+/// keep the server up until the last of them leaves.
 public final class EmbeddedRedis: Sendable {
     public let directory: String
     public let socketPath: String
@@ -49,7 +53,7 @@ public final class EmbeddedRedis: Sendable {
     public static func startOrReuse(stateDir: String, logger: Logger) async throws -> EmbeddedRedis {
         let directory = (stateDir as NSString).appendingPathComponent("redis")
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let startLock = try await FileLock.acquire(directory + "/start.lock", exclusive: true)
+        let startLock = try await FileLock.acquire(directory + Self.startLockFile, exclusive: true)
         defer { startLock.unlock() }
         let probe = EmbeddedRedis(directory: directory, startedPID: nil, users: nil)
         var startedPID: pid_t?
@@ -60,9 +64,41 @@ public final class EmbeddedRedis: Sendable {
             probe.stopStray(logger: logger)
             startedPID = try await probe.launch(logger: logger)
         }
-        let users = try await FileLock.acquire(directory + "/users.lock", exclusive: false)
+        let users = try await FileLock.acquire(directory + Self.usersLockFile, exclusive: false)
         return EmbeddedRedis(directory: directory, startedPID: startedPID, users: users)
     }
+
+    /// Joins `stateDir`'s embedded server as a user without starting one: for a process handed
+    /// the server's socket (a master's workers), which must not be stopped under it by another
+    /// command leaving. Under the start lock, so no stop is half done when it joins.
+    public static func join(stateDir: String) async throws -> EmbeddedRedis {
+        let directory = (stateDir as NSString).appendingPathComponent("redis")
+        let startLock = try await FileLock.acquire(directory + Self.startLockFile, exclusive: true)
+        defer { startLock.unlock() }
+        let users = try await FileLock.acquire(directory + Self.usersLockFile, exclusive: false)
+        return EmbeddedRedis(directory: directory, startedPID: nil, users: users)
+    }
+
+    /// True when `socket` is `stateDir`'s embedded socket, however either is spelled (relative,
+    /// through a symlink): the same directory (device and inode) and the same file name.
+    public static func isSocket(_ socket: String, ofStateDir stateDir: String) -> Bool {
+        let own = socketPath(stateDir: stateDir)
+        guard (socket as NSString).lastPathComponent == (own as NSString).lastPathComponent else { return false }
+        var given = stat()
+        var embedded = stat()
+        guard stat((socket as NSString).deletingLastPathComponent, &given) == 0,
+              stat((own as NSString).deletingLastPathComponent, &embedded) == 0 else { return false }
+        return given.st_dev == embedded.st_dev && given.st_ino == embedded.st_ino
+    }
+
+    /// The lock files beside the socket, which every user of the server opens (`join`, `stop`).
+    public static func lockFiles(stateDir: String) -> [String] {
+        let directory = (stateDir as NSString).appendingPathComponent("redis")
+        return [directory + startLockFile, directory + usersLockFile]
+    }
+
+    static let startLockFile = "/start.lock"
+    static let usersLockFile = "/users.lock"
 
     /// Leaves the server; the last command using it stops it and waits until it has exited.
     /// Only the first call does anything.
@@ -70,7 +106,7 @@ public final class EmbeddedRedis: Sendable {
         guard let users else { return }
         // Under the start lock, so nobody joins between the check and the stop. Blocking here is
         // fine: this runs once, at the command's end.
-        let startLock = FileLock.acquireBlocking(directory + "/start.lock", exclusive: true)
+        let startLock = FileLock.acquireBlocking(directory + Self.startLockFile, exclusive: true)
         defer { startLock?.unlock() }
         let last = users.tryUpgrade()
         guard users.unlock() else { return }
@@ -207,11 +243,18 @@ final class FileLock: Sendable {
         }
     }
 
+    /// A lock file that cannot be opened (a worker's account not given the lock files' group).
+    struct OpenFailure: Error, CustomStringConvertible {
+        var path: String
+        var error: Int32
+        var description: String { "cannot open \(path): \(String(cString: strerror(error)))" }
+    }
+
     private static func openLockFile(_ path: String) throws -> Int32 {
         // Read-only suffices for flock, so another user given the group can take it too.
         var fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o660)
         if fd < 0 { fd = open(path, O_RDONLY | O_CLOEXEC) }
-        guard fd >= 0 else { throw CocoaError(.fileReadNoPermission, userInfo: [NSFilePathErrorKey: path]) }
+        guard fd >= 0 else { throw OpenFailure(path: path, error: errno) }
         return fd
     }
 }

@@ -19,6 +19,13 @@ public final class RedisSetup: Sendable {
 
     public static func resolve(_ config: WorkerConfig, logger: Logger) async throws -> RedisSetup {
         if let endpoint = try externalEndpoint(config) {
+            // A master's workers get the embedded socket as REDIS_URL: they are its users too,
+            // or a command leaving after their master was killed would stop it under them.
+            if case .unix(let socket) = endpoint.address, EmbeddedRedis.isSocket(socket, ofStateDir: config.stateDir) {
+                let server = try await EmbeddedRedis.join(stateDir: config.stateDir)
+                logger.debug("using the embedded redis-server of state_dir", metadata: ["socket": "\(socket)"])
+                return RedisSetup(endpoint: endpoint, embedded: server, config: config, logger: logger)
+            }
             return RedisSetup(endpoint: endpoint, embedded: nil, config: config, logger: logger)
         }
         let server = try await EmbeddedRedis.startOrReuse(stateDir: config.stateDir, logger: logger)
@@ -72,10 +79,11 @@ public final class RedisSetup: Sendable {
 
     /// The URL that reaches this Redis, for children that must use the very same server.
     public var url: String {
-        embedded.map { "unix://" + $0.socketPath } ?? config.redis.url
+        guard config.redis.usesEmbedded, let embedded else { return config.redis.url }
+        return "unix://" + embedded.socketPath
     }
 
-    /// Leaves the embedded server (the last command using it stops it).
+    /// Leaves the embedded server (the last process using it, a worker included, stops it).
     public func shutdown() {
         embedded?.stop()
     }

@@ -55,11 +55,23 @@ public struct Program: Sendable, Equatable, CustomStringConvertible {
                           config.hooks.afterJob.map { hook($0, key: "hooks.after_job") }].compactMap { $0 }
     }
 
+    /// What `tworker start` checks before it takes the master lock: its workers' programs, and
+    /// redis-server when it runs the embedded Redis.
+    public static func forStart(_ config: WorkerConfig) -> [Program] {
+        forWorkers(config) + (config.redis.usesEmbedded ? [.redisServer] : [])
+    }
+
     /// What a `tworker vagrant` command runs: VBoxManage (qemu and qemu-img for `provider: qemu`);
-    /// ssh to provision, vagrant to build a box.
-    public static func forLifecycle(_ config: WorkerConfig, provisioning: Bool = false, buildingBox: Bool = false) -> [Program] {
+    /// ssh to provision, vagrant to build a box; tar to unpack a `.box` file into the base VM
+    /// (`importingBase`: a command that makes the base when it is missing or rebuilds it), so a
+    /// rebuild never sets the old base aside only to find it cannot unpack the new one.
+    public static func forLifecycle(_ config: WorkerConfig, provisioning: Bool = false, buildingBox: Bool = false,
+                                    importingBase: Bool = false) -> [Program] {
         if config.provider == .qemu { return [.qemuSystem(config.qemu.binary), .qemuImg(config.qemu.img), .ssh] }
+        // A box vagrant builds is a file; so is a `vms.base_box` that exists (else a vagrant box name).
+        let unpacking = importingBase && (buildingBox || BaseBox.isFile(config.vms.baseBox))
         return [.vboxmanage(config.virtualbox.vboxmanage)] + (provisioning ? [.ssh] : []) + (buildingBox ? [.vagrant(config.vagrant.vagrant)] : [])
+            + (unpacking ? [.tar] : [])
     }
 }
 

@@ -67,11 +67,12 @@ extension ProgramCommand {
         ProgramCommand(.groupadd, arguments: ["--system", name], timeout: .seconds(60))
     }
 
-    /// The build user: a login shell (builds run commands as it) and a home of its own (HOME
-    /// for its builds); `group` as its primary group, else a group of its own name.
-    public static func useradd(_ name: String, group: String?) -> ProgramCommand {
+    /// The build user: `shell` as its login shell (builds run commands as it; the bash found on
+    /// PATH) and a home of its own (HOME for its builds); `group` as its primary group, else a
+    /// group of its own name.
+    public static func useradd(_ name: String, group: String?, shell: String) -> ProgramCommand {
         let grouping = group.map { ["--gid", $0] } ?? ["--user-group"]
-        return ProgramCommand(.useradd, arguments: ["--create-home", "--shell", "/bin/bash"] + grouping + [name], timeout: .seconds(60))
+        return ProgramCommand(.useradd, arguments: ["--create-home", "--shell", shell] + grouping + [name], timeout: .seconds(60))
     }
 
     /// An ed25519 key pair without a passphrase at `path` (and `path.pub`).
