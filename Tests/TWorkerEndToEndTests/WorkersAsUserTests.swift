@@ -39,9 +39,9 @@ struct WorkersAsUserTests {
             let configDir = directory.path + "/config"
             let stateDir = directory.path + "/var"
             try FileManager.default.createDirectory(atPath: configDir, withIntermediateDirectories: true)
-            // The documented defaults (local provider, embedded Redis) but for where state_dir is,
-            // and no HTTP listener (another master on this host may hold the default port).
-            try "provider: local\nstate_dir: \(stateDir)\nuser: \(user)\ngroup: \(user)\nheartbeat:\n  interval: 1\nhttp:\n  listen: \"\"\n"
+            // The documented defaults (local provider, embedded Redis, the HTTP listener on
+            // 127.0.0.1:9252) but for where state_dir is.
+            try "provider: local\nstate_dir: \(stateDir)\nuser: \(user)\ngroup: \(user)\nheartbeat:\n  interval: 1\n"
                 .write(toFile: configDir + "/worker.yml", atomically: true, encoding: .utf8)
             let environment = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": directory.path]
             func cli(_ arguments: [String]) async throws -> (status: Int32?, output: String) {
