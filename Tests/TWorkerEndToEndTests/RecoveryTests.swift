@@ -47,6 +47,34 @@ struct RecoveryTests {
         }
     }
 
+    /// A worker starting while Redis still loads its dataset waits for it: every read and write
+    /// of its start-up recovery is retried, so it neither exits nor runs the job twice. The
+    /// proxy puts the `LOADING` replies on the recovery's read of the job's record.
+    @Test func aWorkerStartingWhileRedisAnswersLoadingRecoversItsJobAndRunsItOnce() async throws {
+        try await TestHost.with { host in
+            let marker = host.directory.path + "/runs"
+            let raw = #"{"class":"Build","args":[{"id":"left","config":{"script":"echo ran >> \#(marker)"}}]}"#
+            _ = try await host.redis.pipeline([["RPUSH", host.keys.processing(vm: "worker-1"), raw],
+                                               ["HSET", host.keys.job("left"), "state", "started", "queue", "builds", "attempts", "1"]])
+            let proxy = try await RedisLoadingProxy(upstreamPort: host.redisServer.port, rules: ["HGET:tworker:job:=3"],
+                                                    log: host.directory.path + "/proxy.log")
+            defer { proxy.stop() }
+            var proxied = host
+            proxied.redisSection = "  url: redis://127.0.0.1:\(proxy.port)"
+            try proxied.writeConfig("")
+            let worker = try proxied.spawnWorker(arguments: ["--burst"])
+            let status = await worker.waitForExit(timeout: .seconds(30))
+            #expect(status == 0, "\(worker.output)")
+            #expect(proxy.refusals.count == 3, "the recovery met LOADING: \(proxy.refusals)")
+            let record = try await host.record("left")
+            #expect(record["state"] == "passed", "\(record)")
+            #expect(record["attempts"] == "2")
+            #expect(try String(contentsOfFile: marker, encoding: .utf8) == "ran\n", "ran once")
+            #expect(try await host.events(for: "left") == ["job:requeued", "job:received", "job:started", "job:finished"])
+            #expect(try await host.int(["LLEN", host.keys.processing(vm: "worker-1")]) == 0)
+        }
+    }
+
     @Test func redisRestartedMidJobTheJobStillCompletesAndReports() async throws {
         try await TestHost.with(appendonly: true) { host in
             let id = try await host.push(script: ["echo before-restart", "sleep 2", "echo after-restart"])

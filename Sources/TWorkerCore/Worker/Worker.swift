@@ -442,9 +442,12 @@ public final class Worker: Sendable {
     }
 
     /// The queue job `raw` came from, as its record says (the fetch notes it); nil when unknown.
+    /// Retried: at start-up it runs while a restarted Redis may still answer `LOADING`.
     private func recordedQueue(of raw: [UInt8]) async throws -> String? {
         guard case .success(let job) = JobDecoder.decode(raw) else { return nil }
-        let recorded = try await redis.send(["HGET", keys.job(job.payload.id), "queue"]).string
+        let recorded = try await withRedisRetry(logger: logger, what: "read job \(job.payload.id)") {
+            try await redis.send(["HGET", keys.job(job.payload.id), "queue"])
+        }.string
         return recorded.flatMap { $0.isEmpty ? nil : $0 }
     }
 
