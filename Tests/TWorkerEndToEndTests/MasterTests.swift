@@ -66,6 +66,8 @@ struct MasterSignalTests {
                 master.signal(SIGTERM)
                 let status = await master.process.waitForExit(timeout: .seconds(15))
                 #expect(status == 0, "\(master.output)")
+                let left = try await host.workersLeftBehind()
+                #expect(left.members.isEmpty && left.records.isEmpty, "\(left)")
                 #expect(try await host.record(id)["state"] == "requeued")
                 let queue = try await host.redis.send(["LRANGE", "resque:queue:builds", "0", "-1"]).array?.compactMap(\.string) ?? []
                 #expect(queue.count == 1 && queue.first?.contains(id) == true, "\(queue)")
@@ -92,6 +94,9 @@ struct MasterSignalTests {
                 master.signal(SIGTERM)
                 let status = await master.process.waitForExit(timeout: .seconds(3))
                 #expect(status == 1, "\(master.output)")
+                // The killed workers could not remove their heartbeats: the master did before it exited.
+                let left = try await host.workersLeftBehind()
+                #expect(left.members.isEmpty && left.records.isEmpty, "\(left)")
                 let gone = await eventually(timeout: .seconds(3)) { children.allSatisfy(processIsGone) }
                 #expect(gone, "workers killed")
                 let build = try #require((try? String(contentsOfFile: pidFile, encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) })
