@@ -251,7 +251,14 @@ public final class Worker: Sendable {
             }
             guard let taken else { return settings.burst ? .stop : .next }
             let raw = taken.raw
-            jobQueue.withLock { $0 = taken.queue }
+            if taken.held {
+                // Taken before and never settled (a take whose reply was lost): it runs now,
+                // as after a failed take, with the queue its record names (see `process`).
+                logger.warning("the processing list still holds a job; running it before taking another",
+                               metadata: ["list": "\(queue.processingKey)"])
+            } else {
+                jobQueue.withLock { $0 = taken.queue }
+            }
             if stopRequest == .immediate {
                 _ = await putBack(raw, reason: "The worker is stopping; the job was put back at the head of the queue.")
                 return .stop
