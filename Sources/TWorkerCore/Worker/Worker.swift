@@ -201,7 +201,7 @@ public final class Worker: Sendable {
             }
         }
         await heartbeat.update(.stopping)
-        _ = try? await redis.pipeline(resque.unregisterCommands())
+        await unregisterFromResque()
         await heartbeat.stop()
     }
 
@@ -213,6 +213,18 @@ public final class Worker: Sendable {
             _ = try await redis.checkedPipeline(bytes: JobStore.transaction(resque.registerCommands().map(JobStore.bytes)))
         } catch {
             logger.warning("could not register with Resque's worker list; the next job registers again", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Leaves Resque's worker list on the way out: checked and retried briefly; a dead entry
+    /// left anyway is pruned once this worker's heartbeat is gone.
+    private func unregisterFromResque() async {
+        do {
+            _ = try await withRedisRetry(logger: logger, what: "leave Resque's worker list", giveUpAfter: Heartbeat.removalGrace) {
+                try await redis.checkedPipeline(resque.unregisterCommands())
+            }
+        } catch {
+            logger.warning("could not leave Resque's worker list; it is pruned later", metadata: ["error": "\(error)"])
         }
     }
 
