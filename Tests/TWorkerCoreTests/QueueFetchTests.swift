@@ -32,7 +32,7 @@ import TWorkerTestSupport
                 order.append(taken.queue)
                 #expect(try await redis.send(["HGET", "tworker:job:" + String(decoding: taken.raw, as: UTF8.self).split(separator: "\"")[9], "queue"]).string == taken.queue)
                 #expect(try await queue.unfinished() == [taken.raw], "the job taken sits in the processing list")
-                try await queue.complete(taken.raw, with: [])
+                try await queue.complete(taken.raw, with: [[String]]())
             }
             #expect(order == ["high", "high", "mid", "low", "low"])
         }
@@ -69,7 +69,7 @@ import TWorkerTestSupport
             var order: [String] = []
             while let taken = try await queue.take(block: nil) {
                 order.append(taken.queue)
-                try await queue.complete(taken.raw, with: [])
+                try await queue.complete(taken.raw, with: [[String]]())
             }
             #expect(order == ["urgent", "alpha", "zeta"])
         }
@@ -99,7 +99,7 @@ import TWorkerTestSupport
             _ = try await redis.send(["RPUSH", "ns:queue:e", job("late")])
             let taken = try #require(try await waiting.value)
             #expect(taken.queue == "e")
-            try await queue.complete(taken.raw, with: [])
+            try await queue.complete(taken.raw, with: [[String]]())
             #expect(try await queue.take(block: .milliseconds(100)) == nil)
         }
     }
@@ -115,7 +115,7 @@ import TWorkerTestSupport
                 #expect(try await redis.send(["LRANGE", "ns:queue:a", "0", "-1"]).array?.compactMap(\.string) == [job("waiting")], "queue untouched")
                 #expect(try await queue.unfinished() == [Array(job("held").utf8)])
             }
-            try await queue.complete(Array(job("held").utf8), with: [])
+            try await queue.complete(Array(job("held").utf8), with: [[String]]())
             let next = try #require(try await queue.take(block: nil))
             #expect(next == WorkQueue.Taken(queue: "a", raw: Array(job("waiting").utf8)))
         }

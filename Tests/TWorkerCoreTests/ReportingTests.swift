@@ -208,7 +208,7 @@ extension Tag {
     }
 
     @Test func aStoppingWorkersHeartbeatIsRemovedThroughLoading() async throws {
-        try await withProxy(["SREM:tworker:workers=2"]) { proxied, direct, proxy in
+        try await withProxy(["SREM:tworker:workers=2"]) { proxied, direct, proxy async throws in
             let keys = RedisKeys(namespace: "ns", host: "h")
             let heartbeat = Heartbeat(redis: proxied, keys: keys, vm: "w", interval: 60, logger: Logger(label: "t"))
             await heartbeat.update(.idle)
@@ -221,7 +221,7 @@ extension Tag {
     }
 
     @Test func aVMReturnedToServiceThroughLoadingLeavesMaintenance() async throws {
-        try await withProxy(["DEL:tworker:maintenance:=2"]) { proxied, direct, proxy in
+        try await withProxy(["DEL:tworker:maintenance:=2"]) { proxied, direct, proxy async throws in
             let keys = RedisKeys(namespace: "ns", host: "h")
             _ = try await direct.send(["SET", keys.maintenance(vm: "w"), "held"])
             try await Maintenance(redis: proxied, keys: keys, drainTimeout: .seconds(1), logger: Logger(label: "t")).end("w")
