@@ -108,6 +108,30 @@ struct MasterSignalTests {
         }
     }
 
+    /// The master's removal of the workers it killed meets `LOADING` (a proxy answers it to the
+    /// removal script): it is retried, and done before the master exits.
+    @Test func killedWorkersAreForgottenThroughLoadingBeforeTheMasterExits() async throws {
+        try await TestHost.with { host in
+            let proxy = try await RedisLoadingProxy(upstreamPort: host.redisServer.port, rules: ["EVAL:if redis.call('HGET', KEYS[1], 'pid')=2"],
+                                                    log: host.directory.path + "/proxy.log")
+            defer { proxy.stop() }
+            var proxied = host
+            proxied.redisSection = "  url: redis://127.0.0.1:\(proxy.port)"
+            try proxied.writeMasterConfig(workers: 2)
+            try await proxied.withMaster(workers: 2) { master in
+                let children = Array(master.workerPIDs().values)
+                for child in children { kill(child, SIGSTOP) }
+                master.signal(SIGTERM)
+                try await Task.sleep(for: .milliseconds(300))
+                master.signal(SIGTERM)
+                #expect(await master.process.waitForExit(timeout: .seconds(10)) == 1, "\(master.output)")
+                #expect(proxy.refusals.count == 2, "\(proxy.refusals)")
+                let left = try await host.workersLeftBehind()
+                #expect(left.members.isEmpty && left.records.isEmpty, "\(left)")
+            }
+        }
+    }
+
     @Test func usr2PausesAndContResumes() async throws {
         try await TestHost.with { host in
             try host.writeMasterConfig(workers: 3)
