@@ -82,7 +82,7 @@ public final class Heartbeat: Sendable {
 
     /// How long a stopping worker keeps trying to remove its record (its master removes it too,
     /// and it expires by itself): a worker on its way out does not wait for Redis for long.
-    public static let removalGrace: Duration = .seconds(3)
+    public static let removalGrace: Duration = .seconds(1)
 
     /// Stops refreshing and removes the record and registration (checked, retried briefly).
     public func stop() async {

@@ -220,7 +220,7 @@ public actor Master {
 
 extension Master {
     /// How long a stopping master waits for Redis to take the removal of dead workers' heartbeats.
-    static let forgetGrace: Duration = .seconds(10)
+    static let forgetGrace: Duration = .seconds(5)
 
     /// Removes a dead worker's heartbeat record and its `tworker:workers` entry: checked and
     /// retried (a `LOADING` or lost connection is not the end of it), in the background so the
