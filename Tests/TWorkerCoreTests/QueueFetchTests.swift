@@ -81,7 +81,7 @@ import TWorkerTestSupport
             let taken = try #require(try await queue.take(block: nil))
             #expect(taken.queue == "b")
             // Another worker (this one holds the job until it requeues it).
-            let idle = WorkQueue(redis: redis, blockingRedis: redis, keys: queue.keys, queue: "a", queues: queue.queues, vm: "w2", logger: queue.logger)
+            let idle = WorkQueue(redis: redis, blockingRedis: queue.blockingRedis, keys: queue.keys, queue: "a", queues: queue.queues, vm: "w2", logger: queue.logger)
             let waiting = Task { try await idle.take(block: .seconds(5)) }
             try await Task.sleep(for: .milliseconds(200))
             let started = ContinuousClock.now
