@@ -264,10 +264,11 @@ public final class Worker: Sendable {
             guard let taken else { return settings.burst ? .stop : .next }
             let raw = taken.raw
             if taken.held {
-                // Taken before and never settled (a take whose reply was lost): it runs now,
-                // as after a failed take, with the queue its record names (see `process`).
+                // Taken before and never settled (a take whose reply was lost): it runs now, as
+                // after a failed take, and goes back (if it must) to the queue its record names.
                 logger.warning("the processing list still holds a job; running it before taking another",
                                metadata: ["list": "\(queue.processingKey)"])
+                if let recorded = try? await recordedQueue(of: raw) { jobQueue.withLock { $0 = recorded } }
             } else {
                 jobQueue.withLock { $0 = taken.queue }
             }
