@@ -8,15 +8,19 @@ import Logging
 /// the error and the next delay), then, once the delay is capped, only when the error changes
 /// or every 12th failure; every failure is logged at debug level. A success after failures
 /// logs one info line. Other error replies, other errors and `CancellationError` are rethrown at once.
+/// `giveUpAfter`: a best-effort write (on the way out) rethrows the retryable error once it has
+/// waited this long between tries in all; nil retries until it succeeds.
 public func withRedisRetry<T: Sendable>(
     logger: Logger,
     what: String,
     clock: any Clock<Duration> = ContinuousClock(),
     initialDelay: Duration = .milliseconds(100),
     maxDelay: Duration = .seconds(5),
+    giveUpAfter: Duration? = nil,
     _ body: () async throws -> T
 ) async throws -> T {
     var delay = max(initialDelay, .zero)
+    var waited = Duration.zero
     var failures = 0
     var lastLoggedDelay: Duration?
     var lastLoggedError = ""
@@ -30,6 +34,7 @@ public func withRedisRetry<T: Sendable>(
             }
             return value
         } catch let error as RedisError where error.isRetryable {
+            if let giveUpAfter, waited >= giveUpAfter { throw error }
             failures += 1
             failuresSinceLog += 1
             let text = error.description
@@ -43,6 +48,7 @@ public func withRedisRetry<T: Sendable>(
                 logger.debug("\(what) failed (attempt \(failures)): \(text); retrying in \(delay)")
             }
             try await sleep(on: clock, for: delay)
+            waited += delay
             delay = min(delay * 2, max(maxDelay, initialDelay))
         }
     }

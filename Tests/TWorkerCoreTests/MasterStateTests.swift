@@ -78,6 +78,8 @@ import Testing
         #expect(logs(term) == ["stopping now: the workers stop their builds and requeue the jobs"])
         let again = state.reduce(.signal(SIGINT), now: t0)
         #expect(again.contains(.killTree(pid: 101)) && again.contains(.killTree(pid: 102)))
+        #expect(again.contains(.forgetHeartbeat(vm: "worker-1", pid: 101)) && again.contains(.forgetHeartbeat(vm: "worker-2", pid: 102)),
+                "no exit is waited for: the master forgets the killed workers itself")
         #expect(again.contains(.stopMachine(vm: "worker-1")) && again.contains(.stopMachine(vm: "worker-2")),
                 "killed workers cannot stop their VMs: the master does")
         #expect(again.last == .finish(1))

@@ -190,3 +190,43 @@ import TWorkerTestSupport
 extension Tag {
     @Tag static var redis: Self
 }
+
+/// Writes that used to ignore an error reply, sent through a proxy that answers `LOADING` to
+/// them (as a restarted server does): each is retried until Redis takes it.
+@Suite(.tags(.redis)) struct WritesThroughLoadingTests {
+    func withProxy(_ rules: [String], _ body: (RedisConnection, RedisConnection, RedisLoadingProxy) async throws -> Void) async throws {
+        try await withRedisServer { server in
+            let directory = try TempDirectory(prefix: "tworker-proxy")
+            defer { directory.remove() }
+            let proxy = try await RedisLoadingProxy(upstreamPort: server.port, rules: rules, log: directory.path + "/proxy.log")
+            defer { proxy.stop() }
+            let proxied = RedisConnection(endpoint: RedisEndpoint(address: .tcp(host: "127.0.0.1", port: proxy.port)))
+            let direct = RedisConnection(endpoint: server.endpoint)
+            defer { proxied.close(); direct.close() }
+            try await body(proxied, direct, proxy)
+        }
+    }
+
+    @Test func aStoppingWorkersHeartbeatIsRemovedThroughLoading() async throws {
+        try await withProxy(["SREM:tworker:workers=2"]) { proxied, direct, proxy async throws in
+            let keys = RedisKeys(namespace: "ns", host: "h")
+            let heartbeat = Heartbeat(redis: proxied, keys: keys, vm: "w", interval: 60, logger: Logger(label: "t"))
+            await heartbeat.update(.idle)
+            #expect(try await direct.send(["SISMEMBER", RedisKeys.workers, keys.workerMember(vm: "w")]).int == 1)
+            await heartbeat.stop()
+            #expect(proxy.refusals.count == 2)
+            #expect(try await direct.send(["SISMEMBER", RedisKeys.workers, keys.workerMember(vm: "w")]).int == 0)
+            #expect(try await direct.send(["EXISTS", keys.worker(vm: "w")]).int == 0)
+        }
+    }
+
+    @Test func aVMReturnedToServiceThroughLoadingLeavesMaintenance() async throws {
+        try await withProxy(["DEL:tworker:maintenance:=2"]) { proxied, direct, proxy async throws in
+            let keys = RedisKeys(namespace: "ns", host: "h")
+            _ = try await direct.send(["SET", keys.maintenance(vm: "w"), "held"])
+            try await Maintenance(redis: proxied, keys: keys, drainTimeout: .seconds(1), logger: Logger(label: "t")).end("w")
+            #expect(proxy.refusals.count == 2)
+            #expect(try await direct.send(["EXISTS", keys.maintenance(vm: "w")]).int == 0)
+        }
+    }
+}

@@ -132,6 +132,65 @@ extension CancelTests {
     }
 }
 
+extension CancelTests {
+    /// A running job's cancel that its worker never acted on (it died first) ends with the run:
+    /// the reaper that gives the job up drops the mark, so the id pushed again (as any Resque
+    /// client pushes, straight onto the queue) runs.
+    @Test func aCancelLeftByADeadWorkersRunDoesNotCancelTheNextRun() async throws {
+        try await TestHost.with { host in
+            let pidFile = host.directory.path + "/build.pid"
+            let id = try await host.push(script: ["echo $$ > \(pidFile); echo first-run", "sleep 30"])
+            let worker = try host.spawnWorker()
+            defer { if !processIsGone(worker.pid) { kill(-worker.pid, SIGKILL); kill(worker.pid, SIGKILL) } }
+            #expect(try await eventually { try await host.log(id).text.contains("first-run") }, "\(worker.output)")
+            // Frozen, the worker cannot act on the cancel; then it dies with the mark still set.
+            worker.signal(SIGSTOP)
+            let result = try await host.cli(["cancel", id, "--reason", "stale", "--env", "test", "--config-dir", host.configDir])
+            #expect(result.status == 0, "\(result.err)")
+            #expect(try await host.int(["EXISTS", host.keys.cancel(id)]) == 1)
+            await worker.kill9()
+            if let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let build = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+                kill(-build, SIGKILL)
+            }
+            // Once the heartbeat expires, a master's reaper gives the job up (one attempt allowed).
+            let reaper = ProcessingReaper(redis: host.redis, namespace: "resque", defaultQueue: "builds", maxAttempts: 1, retention: 3600,
+                                          logger: Logger(label: "reaper"))
+            #expect(try await eventually(timeout: .seconds(10)) { try await reaper.reap() == 1 })
+            #expect(try await host.record(id)["state"] == "errored")
+            #expect(try await host.int(["EXISTS", host.keys.cancel(id)]) == 0, "the mark ended with the run")
+
+            try await host.push(id: id, script: ["echo second-run"])
+            try await host.runBurst()
+            let record = try await host.record(id)
+            #expect(record["state"] == "passed", "\(record)")
+            #expect(try await host.log(id).text.contains("second-run"))
+        }
+    }
+
+    /// `tworker enqueue` starts a new run: a mark left by an earlier run of the id (or by a
+    /// cancel of an entry filed as failed) never cancels it.
+    @Test func anEnqueueStartsClearOfAnEarlierRunsCancel() async throws {
+        try await TestHost.with { host in
+            // A malformed entry naming a cancelled id is filed as failed; the mark goes with it.
+            _ = try await host.redis.send(["SET", host.keys.cancel("bad-slug"), "stale"])
+            try await host.push(#"{"class":"X","args":[{"id":"bad-slug","repository":{"slug":"a;b","source_url":"x"},"commit":"abcdef0","branch":"main"}]}"#)
+            try await host.runBurst()
+            #expect(try await host.record("bad-slug")["state"] == "errored")
+            #expect(try await host.int(["EXISTS", host.keys.cancel("bad-slug")]) == 0)
+
+            _ = try await host.redis.send(["SET", host.keys.cancel("again"), "stale"])
+            let enqueued = try await host.cli(["enqueue", "--file", "-", "--env", "test", "--config-dir", host.configDir],
+                                              stdin: #"{"id":"again","config":{"script":"echo rerun"}}"#)
+            #expect(enqueued.status == 0, "\(enqueued.err)")
+            #expect(try await host.int(["EXISTS", host.keys.cancel("again")]) == 0)
+            try await host.runBurst()
+            let record = try await host.record("again")
+            #expect(record["state"] == "passed", "\(record)")
+            #expect(try await host.log("again").text.contains("rerun"))
+        }
+    }
+}
+
 @Suite(.tags(.endToEnd))
 struct PauseAndAbortTests {
     @Test func usr1AbortsTheRunningJobWhichIsRequeuedAndTheWorkerGoesOn() async throws {

@@ -1,4 +1,5 @@
 import Foundation
+import RedisClient
 import Testing
 import TWorkerCore
 import TWorkerTestSupport
@@ -86,6 +87,15 @@ extension TestHost {
     /// The test config with `vms.count` and anything else.
     func writeMasterConfig(workers: Int, _ extra: String = "") throws {
         try writeConfig("vms:\n  count: \(workers)\n" + extra)
+    }
+
+    /// The `tworker:workers` members of this host and its `tworker:worker:*` heartbeat records:
+    /// both empty once its master stopped, however its workers ended.
+    func workersLeftBehind() async throws -> (members: [String], records: [String]) {
+        let members = (try await redis.send(["SMEMBERS", RedisKeys.workers]).array ?? []).compactMap(\.string)
+            .filter { $0.hasPrefix(keys.host + ":") }
+        let records = (try await redis.send(["KEYS", RedisKeys.workerRecordPrefix + keys.host + ":*"]).array ?? []).compactMap(\.string)
+        return (members, records)
     }
 
     /// Runs the CLI against this host's config.

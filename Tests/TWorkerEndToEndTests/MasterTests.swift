@@ -66,6 +66,8 @@ struct MasterSignalTests {
                 master.signal(SIGTERM)
                 let status = await master.process.waitForExit(timeout: .seconds(15))
                 #expect(status == 0, "\(master.output)")
+                let left = try await host.workersLeftBehind()
+                #expect(left.members.isEmpty && left.records.isEmpty, "\(left)")
                 #expect(try await host.record(id)["state"] == "requeued")
                 let queue = try await host.redis.send(["LRANGE", "resque:queue:builds", "0", "-1"]).array?.compactMap(\.string) ?? []
                 #expect(queue.count == 1 && queue.first?.contains(id) == true, "\(queue)")
@@ -92,6 +94,9 @@ struct MasterSignalTests {
                 master.signal(SIGTERM)
                 let status = await master.process.waitForExit(timeout: .seconds(3))
                 #expect(status == 1, "\(master.output)")
+                // The killed workers could not remove their heartbeats: the master did before it exited.
+                let left = try await host.workersLeftBehind()
+                #expect(left.members.isEmpty && left.records.isEmpty, "\(left)")
                 let gone = await eventually(timeout: .seconds(3)) { children.allSatisfy(processIsGone) }
                 #expect(gone, "workers killed")
                 let build = try #require((try? String(contentsOfFile: pidFile, encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) })
@@ -99,6 +104,30 @@ struct MasterSignalTests {
                 #expect(buildGone, "the build went with its worker")
                 #expect(try await host.int(["LLEN", host.keys.processing(vm: try #require(try await host.record(id)["vm"]))]) == 1,
                         "the job stays in the processing list for recovery")
+            }
+        }
+    }
+
+    /// The master's removal of the workers it killed meets `LOADING` (a proxy answers it to the
+    /// removal script): it is retried, and done before the master exits.
+    @Test func killedWorkersAreForgottenThroughLoadingBeforeTheMasterExits() async throws {
+        try await TestHost.with { host in
+            let proxy = try await RedisLoadingProxy(upstreamPort: host.redisServer.port, rules: ["EVAL:if redis.call('HGET', KEYS[1], 'pid')=2"],
+                                                    log: host.directory.path + "/proxy.log")
+            defer { proxy.stop() }
+            var proxied = host
+            proxied.redisSection = "  url: redis://127.0.0.1:\(proxy.port)"
+            try proxied.writeMasterConfig(workers: 2)
+            try await proxied.withMaster(workers: 2) { master in
+                let children = Array(master.workerPIDs().values)
+                for child in children { kill(child, SIGSTOP) }
+                master.signal(SIGTERM)
+                try await Task.sleep(for: .milliseconds(300))
+                master.signal(SIGTERM)
+                #expect(await master.process.waitForExit(timeout: .seconds(10)) == 1, "\(master.output)")
+                #expect(proxy.refusals.count == 2, "\(proxy.refusals)")
+                let left = try await host.workersLeftBehind()
+                #expect(left.members.isEmpty && left.records.isEmpty, "\(left)")
             }
         }
     }

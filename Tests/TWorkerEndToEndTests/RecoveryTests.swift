@@ -47,6 +47,67 @@ struct RecoveryTests {
         }
     }
 
+    /// A worker starting while Redis still loads its dataset waits for it: every read and write
+    /// of its start-up recovery is retried, so it neither exits nor runs the job twice. The
+    /// proxy puts the `LOADING` replies on the recovery's read of the job's record.
+    @Test func aWorkerStartingWhileRedisAnswersLoadingRecoversItsJobAndRunsItOnce() async throws {
+        try await TestHost.with { host in
+            let marker = host.directory.path + "/runs"
+            let raw = #"{"class":"Build","args":[{"id":"left","config":{"script":"echo ran >> \#(marker)"}}]}"#
+            _ = try await host.redis.pipeline([["RPUSH", host.keys.processing(vm: "worker-1"), raw],
+                                               ["HSET", host.keys.job("left"), "state", "started", "queue", "builds", "attempts", "1"]])
+            let proxy = try await RedisLoadingProxy(upstreamPort: host.redisServer.port, rules: ["HGET:tworker:job:=3"],
+                                                    log: host.directory.path + "/proxy.log")
+            defer { proxy.stop() }
+            var proxied = host
+            proxied.redisSection = "  url: redis://127.0.0.1:\(proxy.port)"
+            try proxied.writeConfig("")
+            let worker = try proxied.spawnWorker(arguments: ["--burst"])
+            let status = await worker.waitForExit(timeout: .seconds(30))
+            #expect(status == 0, "\(worker.output)")
+            #expect(proxy.refusals.count == 3, "the recovery met LOADING: \(proxy.refusals)")
+            let record = try await host.record("left")
+            #expect(record["state"] == "passed", "\(record)")
+            #expect(record["attempts"] == "2")
+            #expect(try String(contentsOfFile: marker, encoding: .utf8) == "ran\n", "ran once")
+            #expect(try await host.events(for: "left") == ["job:requeued", "job:received", "job:started", "job:finished"])
+            #expect(try await host.int(["LLEN", host.keys.processing(vm: "worker-1")]) == 0)
+        }
+    }
+
+    /// A running worker whose processing list holds an entry it does not know about (a take
+    /// whose reply was lost) runs that entry before it takes anything new.
+    @Test func aJobHeldInARunningWorkersProcessingListRunsBeforeAnyNewOne() async throws {
+        try await TestHost.with { host in
+            let worker = try host.makeWorker { $0.fetchBlock = .milliseconds(100) }
+            let running = Task { try await worker.run() }
+            let idle = try await eventually { try await host.redis.send(["HGET", host.keys.worker(vm: "worker-1"), "state"]).string == "idle" }
+            #expect(idle)
+            let held = #"{"class":"Build","args":[{"id":"held","config":{"script":"echo held-ran"}}]}"#
+            _ = try await host.redis.pipeline([["HSET", host.keys.job("held"), "state", "received", "queue", "builds"],
+                                               ["RPUSH", host.keys.processing(vm: "worker-1"), held]])
+            let next = try await host.push(script: ["echo next-ran"])
+            let done = try await eventually(timeout: .seconds(10)) {
+                let held = try await host.record("held")["state"], queued = try await host.record(next)["state"]
+                return held == "passed" && queued == "passed"
+            }
+            let records = (try await host.record("held"), try await host.record(next))
+            #expect(done, "\(records)")
+            #expect(try await host.log("held").text.contains("held-ran"))
+            // One job at a time: the held one ended before the new one was taken.
+            let order = (try await host.redis.send(["XRANGE", RedisKeys.events, "-", "+"]).array ?? []).compactMap { entry -> String? in
+                let fields = entry.array?.last?.array?.compactMap(\.string) ?? []
+                guard let type = fields.firstIndex(of: "type"), let id = fields.firstIndex(of: "id") else { return nil }
+                return "\(fields[id + 1]) \(fields[type + 1])"
+            }
+            #expect(order == ["held job:received", "held job:started", "held job:finished",
+                              "\(next) job:received", "\(next) job:started", "\(next) job:finished"], "\(order)")
+            #expect(try await host.int(["LLEN", host.keys.processing(vm: "worker-1")]) == 0)
+            worker.requestStop(.graceful)
+            try await running.value
+        }
+    }
+
     @Test func redisRestartedMidJobTheJobStillCompletesAndReports() async throws {
         try await TestHost.with(appendonly: true) { host in
             let id = try await host.push(script: ["echo before-restart", "sleep 2", "echo after-restart"])

@@ -26,6 +26,26 @@ struct ResqueRegistryTests {
 
     static func workers(_ report: [String: Any]) -> [[String: Any]] { report["workers"] as? [[String: Any]] ?? [] }
 
+    /// A worker on its way out leaves Resque's list and `tworker:workers` even while Redis
+    /// answers `LOADING` to those writes for a moment: they are checked and retried.
+    @Test func aWorkerLeavesTheWorkerListsThroughLoadingOnItsWayOut() async throws {
+        try await TestHost.with { host in
+            let proxy = try await RedisLoadingProxy(upstreamPort: host.redisServer.port, rules: ["SREM:resque:workers=2", "SREM:tworker:workers=2"],
+                                                    log: host.directory.path + "/proxy.log")
+            defer { proxy.stop() }
+            var proxied = host
+            proxied.redisSection = "  url: redis://127.0.0.1:\(proxy.port)"
+            try proxied.writeConfig("")
+            let worker = try proxied.spawnWorker(arguments: ["--burst"])
+            #expect(await worker.waitForExit(timeout: .seconds(30)) == 0, "\(worker.output)")
+            #expect(proxy.refusals.count == 4, "\(proxy.refusals)")
+            #expect(try await host.int(["SCARD", "resque:workers"]) == 0)
+            #expect(try await host.int(["HLEN", "tworker:resque_workers:resque"]) == 0)
+            #expect(try await host.int(["SCARD", RedisKeys.workers]) == 0)
+            #expect(try await host.int(["EXISTS", host.keys.worker(vm: "worker-1")]) == 0)
+        }
+    }
+
     @Test(.timeLimit(.minutes(3)))
     func pyresListsTheWorkerItsJobAndStatsAndForgetsItAfterACleanExit() async throws {
         try await TestHost.with { host in

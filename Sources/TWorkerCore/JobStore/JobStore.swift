@@ -140,10 +140,11 @@ public struct JobStore: Sendable {
 
     /// `tworker enqueue`: the record says `queued` and the entry joins the queue, together.
     /// Not retried: a lost reply would leave unknown whether the job was queued.
+    /// A push of an id is a new run: a cancel mark left from an earlier one goes with it.
     public func queued(_ raw: [UInt8], id: String, queue: String, at queuedAt: String) async throws {
         let record = ["HSET", keys.job(id), "state", JobState.queued.rawValue, "queued_at", queuedAt, "attempts", "0", "queue", queue]
         let transaction = Self.transaction([
-            Self.bytes(record), Self.bytes(["EXPIRE", keys.job(id), String(retention)]),
+            Self.bytes(record), Self.bytes(["EXPIRE", keys.job(id), String(retention)]), Self.bytes(["DEL", keys.cancel(id)]),
             Self.bytes(["SADD", keys.queues, queue]), [Array("RPUSH".utf8), Array(keys.queue(queue).utf8), raw],
         ])
         let wait = replicaWait.map { [Self.bytes($0.command)] } ?? []
@@ -208,14 +209,15 @@ public struct JobStore: Sendable {
         try await list.requeue(raw, as: replacement ?? raw, binary: log + (record + extra + registry).map(Self.bytes))
     }
 
-    /// Files an entry that cannot run in Resque's failed queue; the job, if it names one, ends `errored`.
+    /// Files an entry that cannot run in Resque's failed queue; the job, if it names one, ends
+    /// `errored` and its cancel mark goes (a later run of the id runs).
     public func fileAsFailed(_ raw: [UInt8], rejected error: PayloadError, from list: WorkQueue) async throws {
         let failure = ResqueFailure(rejected: error, raw: raw, worker: worker, queue: list.queue)
         let now = Timestamp.now()
         let commands = if let id = error.jobID {
             stateCommands(id: id, state: .errored, fields: ["error": error.description, "finished_at": now,
                                                          "worker": worker, "vm": list.vm, "host": keys.host],
-                          event: .failed, at: now)
+                          event: .failed, at: now) + [["DEL", keys.cancel(id)]]
         } else {
             [eventCommand(.failed, id: "", state: .errored, at: now)]
         }
@@ -224,7 +226,7 @@ public struct JobStore: Sendable {
 
     /// What a dead worker (this store's `worker`) left in its processing `list`: back to the head
     /// of the queue it came from (`list`'s when the record names none) with one attempt more,
-    /// or `errored` once its attempts are used.
+    /// or `errored` once its attempts are used (dropping its cancel mark, which a requeued run keeps).
     public func recoverFromDeadWorker(_ raw: [UInt8], from list: WorkQueue, policy: AttemptPolicy) async throws {
         guard case .success(let job) = JobDecoder.decode(raw) else {
             // Only a worker files malformed entries; the list keeps nothing a worker would not have rejected.
@@ -232,16 +234,19 @@ public struct JobStore: Sendable {
             return
         }
         let id = job.payload.id
-        let lastNumber = try await lastLogNumber(of: id)
+        let lastNumber = try await withRedisRetry(logger: logger, what: "read the end of \(keys.log(id))") { try await lastLogNumber(of: id) }
         switch policy.afterFailedAttempt(of: job) {
         case .giveUp(let attempts):
             let reason = "The worker running this job (\(worker)) died \(attempts) times; giving up after \(policy.maxAttempts) attempts."
             let now = Timestamp.now()
             try await list.complete(raw, with: noteCommands(id: id, after: lastNumber, text: "\n\(reason)\n", closing: true)
-                + stateCommands(id: id, state: .errored, fields: ["error": reason, "finished_at": now], event: .finished, at: now).map(Self.bytes))
+                + (stateCommands(id: id, state: .errored, fields: ["error": reason, "finished_at": now], event: .finished, at: now)
+                    + [["DEL", keys.cancel(id)]]).map(Self.bytes))
             logger.warning("gave up a job whose worker died", metadata: ["job": "\(id)", "worker": "\(worker)"])
         case .requeue(let attempts):
-            let recorded = try await redis.send(["HGET", keys.job(id), "queue"]).string
+            let recorded = try await withRedisRetry(logger: logger, what: "read job \(id)") {
+                try await redis.send(["HGET", keys.job(id), "queue"])
+            }.string
             let queue = recorded.flatMap { $0.isEmpty ? nil : $0 } ?? list.queue
             let note = "\nThe worker running this job (\(worker)) died; the job was requeued (attempt \(attempts + 1) of \(policy.maxAttempts)).\n"
             try await requeue(raw, as: job.withAttempts(attempts), id: id, fields: ["attempts": String(attempts), "error": "worker \(worker) died"],

@@ -51,6 +51,15 @@ public struct WorkQueue: Sendable {
     public struct Taken: Sendable, Equatable {
         public var queue: String
         public var raw: [UInt8]
+        /// Not taken now: the processing list already held it (a take whose reply was lost,
+        /// an entry left unsettled). `queue` is then empty; the job's record says where it came from.
+        public var held = false
+
+        public init(queue: String, raw: [UInt8], held: Bool = false) {
+            self.queue = queue
+            self.raw = raw
+            self.held = held
+        }
     }
 
     /// How long an idle worker waits before it looks at its queues again: this bounds how late a
@@ -61,8 +70,11 @@ public struct WorkQueue: Sendable {
     /// queue in `<ns>:queues`, sorted) into the processing list, all in one step, so priority is
     /// strict and a SIGKILL finds the job either in its queue or in the processing list. The
     /// job's record notes the queue (a requeue after a crash puts it back there). When every
-    /// queue is empty it returns `{'empty'}`.
+    /// queue is empty it returns `{'empty'}`. A worker never holds two jobs: while the processing
+    /// list holds an entry, that entry comes back (`{'held', raw}`) and no queue is touched.
     static let takeScript = """
+    local held = redis.call('LINDEX', KEYS[1], 0)
+    if held then return {'held', held} end
     local seen = {}
     local function take(name)
       if seen[name] then return nil end
@@ -106,6 +118,10 @@ public struct WorkQueue: Sendable {
         while true {
             let reply = try await blockingRedis.send(command)
             let parts = reply.array ?? []
+            if parts.count == 2, parts[0].string == "held", case .bulk(let raw) = parts[1] {
+                // Nothing moved: no replica has anything to confirm.
+                return Taken(queue: "", raw: raw, held: true)
+            }
             if parts.count == 3, parts[0].string == "job", let queue = parts[1].string, case .bulk(let raw) = parts[2] {
                 if let replicaWait {
                     // On the same connection: WAIT counts this client's writes. A lost

@@ -62,7 +62,7 @@ public struct Maintenance: Sendable {
     /// VMs out at a time, the next one must not go out while this one's worker still holds off.
     public func end(_ vm: String) async throws {
         _ = try await withRedisRetry(logger: logger, what: "return \(vm) to service") {
-            try await redis.pipeline([["DEL", keys.maintenance(vm: vm)], ["DEL", keys.broken(vm: vm)]])
+            try await redis.checkedPipeline([["DEL", keys.maintenance(vm: vm)], ["DEL", keys.broken(vm: vm)]])
         }
         let deadline = ContinuousClock.now + .seconds(10)
         while ContinuousClock.now < deadline {

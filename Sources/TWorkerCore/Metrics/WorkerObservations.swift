@@ -54,7 +54,8 @@ public enum WorkerObservations {
         guard !batch.isEmpty else { return }
         let commands = batch.map { ["XADD", keys.observations, "MAXLEN", "~", maxLength, "*"] + $0.fields }
         do {
-            _ = try await redis.pipeline(commands)
+            // All or none, every reply checked: a batch refused (LOADING, OOM) is sent again, never half of it twice.
+            _ = try await redis.checkedPipeline([["MULTI"]] + commands + [["EXEC"]])
         } catch {
             logger.debug("observations not written yet", metadata: ["error": "\(error)"])
             state.withLock { $0.pending.insert(contentsOf: batch.prefix(10_000 - min($0.pending.count, 10_000)), at: 0) }

@@ -80,10 +80,20 @@ public final class Heartbeat: Sendable {
     /// One more job ended; written with the next state change.
     public func countJobDone() { jobsDone.withLock { $0 += 1 } }
 
-    /// Stops refreshing and removes the record and registration.
+    /// How long a stopping worker keeps trying to remove its record (its master removes it too,
+    /// and it expires by itself): a worker on its way out does not wait for Redis for long.
+    public static let removalGrace: Duration = .seconds(1)
+
+    /// Stops refreshing and removes the record and registration (checked, retried briefly).
     public func stop() async {
         loop.withLock { $0?.cancel(); $0 = nil }
-        _ = try? await redis.pipeline([["DEL", keys.worker(vm: vm)], ["SREM", RedisKeys.workers, keys.workerMember(vm: vm)]])
+        do {
+            _ = try await withRedisRetry(logger: logger, what: "remove the heartbeat", giveUpAfter: Self.removalGrace) {
+                try await redis.checkedPipeline([["DEL", keys.worker(vm: vm)], ["SREM", RedisKeys.workers, keys.workerMember(vm: vm)]])
+            }
+        } catch {
+            logger.warning("heartbeat not removed; it expires by itself", metadata: ["error": "\(error)"])
+        }
     }
 
     private func beat() async {

@@ -201,7 +201,7 @@ public final class Worker: Sendable {
             }
         }
         await heartbeat.update(.stopping)
-        _ = try? await redis.pipeline(resque.unregisterCommands())
+        await unregisterFromResque()
         await heartbeat.stop()
     }
 
@@ -213,6 +213,18 @@ public final class Worker: Sendable {
             _ = try await redis.checkedPipeline(bytes: JobStore.transaction(resque.registerCommands().map(JobStore.bytes)))
         } catch {
             logger.warning("could not register with Resque's worker list; the next job registers again", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Leaves Resque's worker list on the way out: checked and retried briefly; a dead entry
+    /// left anyway is pruned once this worker's heartbeat is gone.
+    private func unregisterFromResque() async {
+        do {
+            _ = try await withRedisRetry(logger: logger, what: "leave Resque's worker list", giveUpAfter: Heartbeat.removalGrace) {
+                try await redis.checkedPipeline(resque.unregisterCommands())
+            }
+        } catch {
+            logger.warning("could not leave Resque's worker list; it is pruned later", metadata: ["error": "\(error)"])
         }
     }
 
@@ -251,7 +263,15 @@ public final class Worker: Sendable {
             }
             guard let taken else { return settings.burst ? .stop : .next }
             let raw = taken.raw
-            jobQueue.withLock { $0 = taken.queue }
+            if taken.held {
+                // Taken before and never settled (a take whose reply was lost): it runs now, as
+                // after a failed take, and goes back (if it must) to the queue its record names.
+                logger.warning("the processing list still holds a job; running it before taking another",
+                               metadata: ["list": "\(queue.processingKey)"])
+                if let recorded = try? await recordedQueue(of: raw) { jobQueue.withLock { $0 = recorded } }
+            } else {
+                jobQueue.withLock { $0 = taken.queue }
+            }
             if stopRequest == .immediate {
                 _ = await putBack(raw, reason: "The worker is stopping; the job was put back at the head of the queue.")
                 return .stop
@@ -442,9 +462,12 @@ public final class Worker: Sendable {
     }
 
     /// The queue job `raw` came from, as its record says (the fetch notes it); nil when unknown.
+    /// Retried: at start-up it runs while a restarted Redis may still answer `LOADING`.
     private func recordedQueue(of raw: [UInt8]) async throws -> String? {
         guard case .success(let job) = JobDecoder.decode(raw) else { return nil }
-        let recorded = try await redis.send(["HGET", keys.job(job.payload.id), "queue"]).string
+        let recorded = try await withRedisRetry(logger: logger, what: "read job \(job.payload.id)") {
+            try await redis.send(["HGET", keys.job(job.payload.id), "queue"])
+        }.string
         return recorded.flatMap { $0.isEmpty ? nil : $0 }
     }
 

@@ -68,6 +68,9 @@ public actor Master {
     var state: MasterState
     /// Workers killed on the second TERM: their qemu processes are stopped before the master exits.
     private var machinesToStop: [String] = []
+    /// Dead workers' heartbeats being removed (`forgetHeartbeat`), by a serial number: awaited before `run()` returns.
+    private var forgetting: [Int: Task<Void, Never>] = [:]
+    private var forgetCount = 0
     /// The master is stopping (QUIT, TERM, `tworker stop`): `/health` says draining.
     public var isStopping: Bool { state.isStopping }
     /// `tworker:drain:<host>`'s value as of the last host beat: who drained this host, and when.
@@ -152,6 +155,7 @@ public actor Master {
             group.cancelAll()
         }
         await stopMachinesLeftByKilledWorkers()
+        await finishForgetting()
         await removeHostRecord()
         logger.info("master stopped", metadata: ["pid": "\(getpid())"])
         return state.finished ?? 0
@@ -170,8 +174,7 @@ public actor Master {
             case .killTree(let pid):
                 ProcessProbe.killTree(pid)
             case .forgetHeartbeat(let vm, let pid):
-                let forget = Heartbeat.forget(vm: vm, pid: pid, keys: RedisKeys(namespace: config.redis.namespace, host: config.host))
-                Task { [redis] in _ = try? await redis.send(forget) }
+                forgetHeartbeat(vm: vm, pid: pid)
             case .killBuildGroup(let vm):
                 killBuildGroup(vm)
             case .stopMachine(let vm):
@@ -216,6 +219,40 @@ public actor Master {
 }
 
 extension Master {
+    /// How long a stopping master waits for Redis to take the removal of dead workers' heartbeats.
+    static let forgetGrace: Duration = .seconds(5)
+
+    /// Removes a dead worker's heartbeat record and its `tworker:workers` entry: checked and
+    /// retried (a `LOADING` or lost connection is not the end of it), in the background so the
+    /// master goes on supervising, and awaited by `finishForgetting` before the master exits.
+    func forgetHeartbeat(vm: String, pid: pid_t) {
+        let forget = Heartbeat.forget(vm: vm, pid: pid, keys: RedisKeys(namespace: config.redis.namespace, host: config.host))
+        let number = forgetCount
+        forgetCount += 1
+        forgetting[number] = Task { [redis, logger] in
+            do {
+                _ = try await withRedisRetry(logger: logger, what: "forget \(vm)'s heartbeat") { try await redis.checkedPipeline([forget]) }
+            } catch {
+                logger.warning("could not remove the heartbeat of \(vm) (pid \(pid)); it expires by itself", metadata: ["error": "\(error)"])
+            }
+            self.forgot(number)
+        }
+    }
+
+    private func forgot(_ number: Int) { forgetting[number] = nil }
+
+    /// Waits for the removals still under way, up to `forgetGrace` (Redis may stay away).
+    func finishForgetting() async {
+        let pending = Array(forgetting.values)
+        guard !pending.isEmpty else { return }
+        let deadline = Task {
+            try? await Task.sleep(for: Self.forgetGrace)
+            for task in pending { task.cancel() }
+        }
+        for task in pending { await task.value }
+        deadline.cancel()
+    }
+
     /// `tworker stop` leaves nothing of tworker's running: a worker that stops cleanly stops its
     /// VM itself; one killed on a second TERM leaves its qemu, found here by pid file and `-name`.
     func stopMachinesLeftByKilledWorkers() async {

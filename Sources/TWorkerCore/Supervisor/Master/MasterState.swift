@@ -56,7 +56,8 @@ enum MasterEffect: Equatable, Sendable {
     case signal(pid: pid_t, Int32)
     /// SIGKILL to the child and its builds.
     case killTree(pid: pid_t)
-    /// A killed worker leaves its heartbeat behind; its master knows it is gone.
+    /// A killed worker leaves its heartbeat behind; its master knows it is gone. Written before
+    /// the master's `run()` returns.
     case forgetHeartbeat(vm: String, pid: pid_t)
     /// A killed worker's local build runs on in its own session: it dies with its worker.
     case killBuildGroup(vm: String)
@@ -305,7 +306,11 @@ struct MasterState: Sendable {
             if immediateSignals > 1 {
                 effects.append(.log(.warning, "second TERM/INT: killing the workers and exiting at once; their jobs stay in the processing lists for recovery"))
                 for slot in ordered {
-                    if let pid = slot.pid { effects.append(.killTree(pid: pid)) }
+                    if let pid = slot.pid {
+                        effects.append(.killTree(pid: pid))
+                        // Their exits are not waited for: their entries in `tworker:workers` go now.
+                        effects.append(.forgetHeartbeat(vm: slot.vm, pid: pid))
+                    }
                     effects.append(.stopMachine(vm: slot.vm))
                 }
                 finish(1, into: &effects)
