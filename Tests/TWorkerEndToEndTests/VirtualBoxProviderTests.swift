@@ -204,6 +204,43 @@ struct VirtualBoxProviderTests {
         }
     }
 
+    /// A worker SIGKILLed mid-build leaves its ssh client and the guest's build running (no
+    /// terminal, so no hang-up): the next worker's start kills the client and powers the VM off
+    /// before it requeues the job, which another worker may then run at once; the first build
+    /// never reaches its side effect.
+    @Test func aKilledWorkersBuildOnAVMDiesBeforeItsJobRunsAgain() async throws {
+        try await VirtualBoxHost.with(vms: 2) { vbox in
+            let host = vbox.host
+            let pidFile = host.directory.path + "/first-build.pid"
+            let deployed = host.directory.path + "/deployed"
+            let id = try await host.push(script: [
+                "if [ ! -f \(pidFile) ]; then echo $$ > \(pidFile); sleep 600; echo late >> \(deployed); fi", "echo second-run",
+            ])
+            let first = try host.spawnWorker()
+            #expect(await eventually(timeout: .seconds(30)) { FileManager.default.fileExists(atPath: pidFile) }, "\(first.output)")
+            try await Task.sleep(for: .milliseconds(200))
+            let buildPID = try #require(pid_t(try String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
+            let record = BuildGroupRecord.ofRemoteBuild(stateDir: host.stateDir, vm: "worker-1")
+            #expect(record.hasRecord, "the ssh client's group is on record while the build runs")
+            await first.kill9()
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(kill(buildPID, 0) == 0, "SIGKILL of the worker alone leaves the guest's build running")
+
+            // worker-1 restarts serving another queue: it only requeues its job, for worker-2.
+            let restarted = try host.spawnWorker(arguments: ["--burst", "--queue", "elsewhere"])
+            #expect(await restarted.waitForExit(timeout: .seconds(60)) == 0, "\(restarted.output)")
+            #expect(await eventually(timeout: .seconds(3)) { processIsGone(buildPID) }, "the first build was stopped with its VM: \(restarted.output)")
+            #expect(!record.hasRecord)
+            #expect(try await host.redis.send(["LLEN", "resque:queue:builds"]) == .integer(1), "the job is back in its queue")
+            let other = try host.spawnWorker(vm: "worker-2", arguments: ["--burst"])
+            #expect(await other.waitForExit(timeout: .seconds(60)) == 0, "\(other.output)")
+            let after = try await host.record(id)
+            #expect(after["state"] == "passed" && after["attempts"] == "2" && after["vm"] == "worker-2", "\(after)")
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(!FileManager.default.fileExists(atPath: deployed), "the first build never reached its side effect")
+        }
+    }
+
     @Test func aBuildsOwnNonZeroExitIsNeverAnInfrastructureError() async throws {
         try await VirtualBoxHost.with { vbox in
             let id = try await vbox.host.push(script: ["exit 255"])

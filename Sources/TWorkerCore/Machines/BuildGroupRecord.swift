@@ -8,11 +8,23 @@ public struct BuildGroupRecord: Sendable {
 
     public init(path: String) { self.path = path }
 
+    /// The ssh client of a build run on a VM (virtualbox, qemu), in `<state_dir>/ssh/`: a killed
+    /// worker's client would otherwise go on connecting and feeding the guest its build.
+    public static func ofRemoteBuild(stateDir: String, vm: String) -> BuildGroupRecord {
+        BuildGroupRecord(path: (stateDir as NSString).appendingPathComponent("ssh/\(vm).build.pgid"))
+    }
+
     /// Notes `pgid` (the build's session leader) as running.
     public func record(_ pgid: pid_t) {
         guard let started = ProcessProbe.startTime(of: pgid) else { return }
-        try? "\(pgid) \(started)\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let text = "\(pgid) \(started)\n"
+        if (try? text.write(toFile: path, atomically: true, encoding: .utf8)) == nil {
+            try? FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try? text.write(toFile: path, atomically: true, encoding: .utf8)
+        }
     }
+
+    public var hasRecord: Bool { FileManager.default.fileExists(atPath: path) }
 
     public func clear() {
         unlink(path)

@@ -47,6 +47,8 @@ public final class QEMUMachine: Machine {
     /// The control socket of the SSH connection opened before the guest is paused.
     var controlPath: String { directory + "/ssh.sock" }
     var consoleLog: String { directory + "/console.log" }
+    /// The ssh client of the build running here, while it runs.
+    var buildGroup: BuildGroupRecord { .ofRemoteBuild(stateDir: settings.stateDir, vm: name) }
     public var sshPort: Int { target.port }
     /// The running qemu's pid, when it runs.
     public var pid: pid_t? { process.runningPID() }
@@ -60,7 +62,7 @@ public final class QEMUMachine: Machine {
     public func run(script: String, jobID: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws(InfrastructureError) -> BuildExit {
         do {
             return try await InfrastructureError.mapping("running the build on VM \(vmName)") {
-                try await target.runBuild(script: script, settingClock: true, whenRefused: sessionRefused(), output: output)
+                try await target.runBuild(script: script, settingClock: true, whenRefused: sessionRefused(), record: buildGroup, output: output)
             }
         } catch {
             throw InfrastructureError(describe(error))
@@ -88,6 +90,7 @@ public final class QEMUMachine: Machine {
     public func killLeftovers() async {
         // The VM this process started and still talks to is no leftover.
         if state.withLock({ $0.qmp != nil }), process.runningPID() != nil { return }
+        buildGroup.killRecorded()
         if let pid = await stopQEMU() {
             logger.warning("stopped the qemu a previous worker left running", metadata: ["vm": "\(vmName)", "pid": "\(pid)"])
         }

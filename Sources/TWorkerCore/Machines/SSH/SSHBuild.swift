@@ -28,10 +28,15 @@ extension SSHTarget {
     /// on the guest (a guest still waking, dropbear refusing); it throws to give up, or returns
     /// to try again. Without it such a session fails the build as a lost connection.
     /// `liveness`: a session from which nothing comes for its `allowedSilence` is ended as an
-    /// infrastructure error (see `SessionLiveness`).
+    /// infrastructure error (see `SessionLiveness`). `record`: where the ssh client's process
+    /// group is noted while it runs (see `BuildGroupRecord.ofRemoteBuild`).
     func runBuild(script: String, settingClock: Bool = false, whenRefused: (@Sendable (String) async throws -> Void)? = nil,
-                  liveness: SessionLiveness = .standard,
+                  liveness: SessionLiveness = .standard, record: BuildGroupRecord? = nil,
                   output: @escaping @Sendable ([UInt8]) async -> Void) async throws -> BuildExit {
+        // The script goes in only after the client's group is on record, so a worker killed
+        // before that leaves a session that runs nothing, and one killed after it a client
+        // its master or its successor kills.
+        defer { record?.clear() }
         while true {
             let token = "tworker-exit-" + UUID().uuidString.prefix(8).lowercased()
             // Taken as late as possible: the command runs one session set-up later, ~0.1 s over an
@@ -51,7 +56,7 @@ extension SSHTarget {
                     }, errorOutput: { chunk in
                         watch.sawSign()
                         errors.take(chunk)
-                    })
+                    }, started: { pid in record?.record(pid) })
                 }
                 group.addTask {
                     try await watch.silence(allowed: liveness.allowedSilence)

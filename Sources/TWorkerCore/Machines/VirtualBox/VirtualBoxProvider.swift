@@ -41,7 +41,8 @@ public struct VirtualBoxProvider: MachineProvider {
         let target = SSHTarget(user: ssh.user, host: ssh.host, port: ssh.portBase + number, key: ssh.key,
                                knownHosts: (sshDir as NSString).appendingPathComponent("known_hosts-\(name)"))
         return VirtualBoxMachine(name: name, vmName: runner.namePrefix + name, runner: runner, target: target,
-                                 startType: startType, bootTimeout: bootTimeout, logger: logger)
+                                 startType: startType, bootTimeout: bootTimeout,
+                                 buildGroup: .ofRemoteBuild(stateDir: stateDir, vm: name), logger: logger)
     }
 }
 
@@ -54,18 +55,39 @@ public final class VirtualBoxMachine: Machine {
     let target: SSHTarget
     let startType: String
     let bootTimeout: Duration
+    /// The ssh client of the build running here, while it runs.
+    let buildGroup: BuildGroupRecord
     let logger: Logger
     /// True while the VM is known to sit restored from `sandbox` (set by `release`).
     private let restored = Mutex<Bool>(false)
 
-    init(name: String, vmName: String, runner: VBoxManageRunner, target: SSHTarget, startType: String, bootTimeout: Duration, logger: Logger) {
+    init(name: String, vmName: String, runner: VBoxManageRunner, target: SSHTarget, startType: String, bootTimeout: Duration,
+         buildGroup: BuildGroupRecord, logger: Logger) {
         self.name = name
         self.vmName = vmName
         self.runner = runner
         self.target = target
         self.startType = startType
         self.bootTimeout = bootTimeout
+        self.buildGroup = buildGroup
         self.logger = logger
+    }
+
+    /// A worker killed mid-build leaves its ssh client and the build in the guest running (a
+    /// session without a terminal is not hung up): kill the client, then power the VM off, so
+    /// the build is gone before its job is requeued for another worker. Only when a build was
+    /// on record: a VM the worker was not running a build on is left to the next `prepare`
+    /// (or to the lifecycle command that holds it).
+    public func killLeftovers() async {
+        guard buildGroup.hasRecord else { return }
+        buildGroup.killRecorded()
+        do {
+            logger.warning("powering off the VM a killed worker left running a build", metadata: ["vm": "\(vmName)"])
+            try await powerOffIfRunning(state: try await runner.info(vmName)?.state)
+        } catch {
+            // The next prepare powers it off and restores it anyway, before any build runs there.
+            logger.error("could not power off the VM a killed worker left running a build", metadata: ["vm": "\(vmName)", "error": "\(error)"])
+        }
     }
 
     // MARK: - The provider's edge: whatever is thrown inside leaves as an InfrastructureError
@@ -99,7 +121,7 @@ public final class VirtualBoxMachine: Machine {
     }
 
     private func runOverSSH(script: String, output: @escaping @Sendable ([UInt8]) async -> Void) async throws -> BuildExit {
-        try await target.runBuild(script: script, output: output)
+        try await target.runBuild(script: script, record: buildGroup, output: output)
     }
 
     private func resetToSandbox() async throws {

@@ -197,10 +197,15 @@ public actor Master {
         return reply
     }
 
+    /// A worker that died mid-build leaves its build's group running (a session of its own):
+    /// the local build itself, or the ssh client feeding a VM (whose VM the next worker powers off).
     private func killBuildGroup(_ vm: String) {
-        guard config.provider == .local,
-              let machine = try? LocalProvider(workspaceRoot: config.local.workspace).machine(named: vm) as? LocalMachine else { return }
-        machine.buildGroup.killRecorded()
+        if config.provider == .local {
+            guard let machine = try? LocalProvider(workspaceRoot: config.local.workspace).machine(named: vm) as? LocalMachine else { return }
+            machine.buildGroup.killRecorded()
+        } else {
+            BuildGroupRecord.ofRemoteBuild(stateDir: config.stateDir, vm: vm).killRecorded()
+        }
     }
 
     /// Asks `run()` to start `worker-N` in its task group; its start and exit come back as events.
