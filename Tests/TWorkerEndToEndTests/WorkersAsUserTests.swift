@@ -30,31 +30,50 @@ struct WorkersAsUserTests {
         return (await process.waitForExit(timeout: .seconds(30)), process.output)
     }
 
-    @Test func aRootMasterRunsItsWorkersAndTheirBuildsAsTheConfiguredUser() async throws {
-        try await Self.withAccount { user in
-            let directory = try TempDirectory(prefix: "tworker-asuser")
-            defer { directory.remove() }
-            // Like /var/lib: a root-owned path other accounts may pass through.
-            chmod(directory.path, 0o711)
-            let configDir = directory.path + "/config"
-            let stateDir = directory.path + "/var"
-            try FileManager.default.createDirectory(atPath: configDir, withIntermediateDirectories: true)
-            // The documented defaults (local provider, embedded Redis, the HTTP listener on
-            // 127.0.0.1:9252) but for where state_dir is.
-            try "provider: local\nstate_dir: \(stateDir)\nuser: \(user)\ngroup: \(user)\nheartbeat:\n  interval: 1\n"
-                .write(toFile: configDir + "/worker.yml", atomically: true, encoding: .utf8)
-            let environment = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": directory.path]
-            func cli(_ arguments: [String]) async throws -> (status: Int32?, output: String) {
-                let process = try SpawnedProcess.spawn(try tworkerExecutable(), arguments + ["--config-dir", configDir], environment: environment,
-                                                       log: directory.path + "/cli-\(UUID().uuidString.prefix(6)).log")
-                return (await process.waitForExit(timeout: .seconds(60)), process.output)
-            }
+    /// A host as the README sets one up for `user`: a root-owned directory other accounts may
+    /// pass through (like /var/lib), the documented defaults (local provider, embedded Redis,
+    /// the HTTP listener on 127.0.0.1:9252) but for where state_dir is.
+    struct RootMasterHost {
+        let directory: TempDirectory
+        let user: String
+        var configDir: String { directory.path + "/config" }
+        var stateDir: String { directory.path + "/var" }
+        var socket: String { stateDir + "/redis/redis.sock" }
+        var environment: [String: String] { ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": directory.path] }
 
+        init(user: String) throws {
+            self.user = user
+            directory = try TempDirectory(prefix: "tworker-asuser")
+            chmod(directory.path, 0o711)
+            try FileManager.default.createDirectory(atPath: directory.path + "/config", withIntermediateDirectories: true)
+            try "provider: local\nstate_dir: \(directory.path)/var\nuser: \(user)\ngroup: \(user)\nheartbeat:\n  interval: 1\n"
+                .write(toFile: directory.path + "/config/worker.yml", atomically: true, encoding: .utf8)
+        }
+
+        func cli(_ arguments: [String]) async throws -> (status: Int32?, output: String) {
+            let process = try SpawnedProcess.spawn(try tworkerExecutable(), arguments + ["--config-dir", configDir], environment: environment,
+                                                   log: directory.path + "/cli-\(UUID().uuidString.prefix(6)).log")
+            return (await process.waitForExit(timeout: .seconds(60)), process.output)
+        }
+
+        /// `tworker start` as root, once its worker is ready.
+        func startMaster() async throws -> SpawnedProcess {
             let master = try SpawnedProcess.spawn(try tworkerExecutable(), ["start", "--config-dir", configDir], environment: environment,
                                                   log: directory.path + "/master.log")
-            defer { if !processIsGone(master.pid) { ProcessProbe.killTree(master.pid) } }
             let ready = await eventually(timeout: .seconds(30)) { master.output.contains("worker ready") }
+            if !ready { ProcessProbe.killTree(master.pid) }
             try #require(ready, "the worker never got ready as \(user):\n\(master.output)")
+            return master
+        }
+    }
+
+    @Test func aRootMasterRunsItsWorkersAndTheirBuildsAsTheConfiguredUser() async throws {
+        try await Self.withAccount { user in
+            let host = try RootMasterHost(user: user)
+            defer { host.directory.remove() }
+            let (stateDir, cli) = (host.stateDir, host.cli)
+            let master = try await host.startMaster()
+            defer { if !processIsGone(master.pid) { ProcessProbe.killTree(master.pid) } }
 
             let enqueued = try await cli(["enqueue", "--script", "id -un", "--script", "id -gn",
                                           "--script", "touch made-by-build && stat -c 'owner=%U' made-by-build"])
@@ -108,32 +127,17 @@ struct WorkersAsUserTests {
     /// next command to leave stops it.
     @Test func workersAsTheAccountKeepTheEmbeddedRedisOfAKilledRootMaster() async throws {
         try await Self.withAccount { user in
-            let directory = try TempDirectory(prefix: "tworker-asuser")
-            defer { directory.remove() }
-            chmod(directory.path, 0o711)
-            let configDir = directory.path + "/config"
-            let stateDir = directory.path + "/var"
-            try FileManager.default.createDirectory(atPath: configDir, withIntermediateDirectories: true)
-            try "provider: local\nstate_dir: \(stateDir)\nuser: \(user)\ngroup: \(user)\nheartbeat:\n  interval: 1\nhttp:\n  listen: \"\"\n"
-                .write(toFile: configDir + "/worker.yml", atomically: true, encoding: .utf8)
-            let environment = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": directory.path]
-            func cli(_ arguments: [String]) async throws -> (status: Int32?, output: String) {
-                let process = try SpawnedProcess.spawn(try tworkerExecutable(), arguments + ["--config-dir", configDir], environment: environment,
-                                                       log: directory.path + "/cli-\(UUID().uuidString.prefix(6)).log")
-                return (await process.waitForExit(timeout: .seconds(60)), process.output)
-            }
-            let socket = stateDir + "/redis/redis.sock"
+            let host = try RootMasterHost(user: user)
+            defer { host.directory.remove() }
+            let (stateDir, socket, cli) = (host.stateDir, host.socket, host.cli)
             func serverAnswers() async -> Bool {
                 let connection = RedisConnection(endpoint: try! RedisEndpoint(url: "unix://" + socket), connectTimeout: .seconds(1), commandTimeout: .seconds(1))
                 defer { connection.close() }
                 return (try? await connection.send(["PING"]))?.string == "PONG"
             }
 
-            let master = try SpawnedProcess.spawn(try tworkerExecutable(), ["start", "--config-dir", configDir], environment: environment,
-                                                  log: directory.path + "/master.log")
+            let master = try await host.startMaster()
             defer { if !processIsGone(master.pid) { ProcessProbe.killTree(master.pid) } }
-            let ready = await eventually(timeout: .seconds(30)) { master.output.contains("worker ready") }
-            try #require(ready, "\(master.output)")
             let status = try ControlClient.send(ControlRequest(command: .status), path: MasterPaths(stateDir: stateDir).socket, timeoutSeconds: 5).status
             let worker = try #require(status?.workers.first?.pid)
             defer { if !processIsGone(worker) { ProcessProbe.killTree(worker) } }
