@@ -220,6 +220,18 @@ extension Tag {
         }
     }
 
+    /// A LOADING reply read as "no heartbeat" would let a rebuild touch the VM under its running job.
+    @Test func aBusyWorkersVMIsNotTakenBecauseRedisAnsweredLoading() async throws {
+        try await withProxy(["HGET:tworker:worker:=2"]) { proxied, direct, proxy async throws in
+            let keys = RedisKeys(namespace: "ns", host: "h")
+            _ = try await direct.send(["HSET", keys.worker(vm: "w"), "state", "busy"])
+            _ = try await direct.send(["RPUSH", keys.processing(vm: "w"), "job"])
+            let maintenance = Maintenance(redis: proxied, keys: keys, drainTimeout: .seconds(1), logger: Logger(label: "t"))
+            await #expect(throws: Maintenance.StillBusy.self) { try await maintenance.begin("w") }
+            #expect(proxy.refusals.count == 2)
+        }
+    }
+
     @Test func aVMReturnedToServiceThroughLoadingLeavesMaintenance() async throws {
         try await withProxy(["DEL:tworker:maintenance:=2"]) { proxied, direct, proxy async throws in
             let keys = RedisKeys(namespace: "ns", host: "h")

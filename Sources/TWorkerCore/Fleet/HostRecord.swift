@@ -83,6 +83,6 @@ public struct HostBeat: Sendable {
 
     /// A master that stops cleanly removes its record at once (it stays listed, `gone`, until pruned).
     public func remove(host: String) async throws {
-        _ = try await redis.send(["DEL", RedisKeys.hostRecord(host)])
+        _ = try await redis.checkedPipeline([["DEL", RedisKeys.hostRecord(host)]])
     }
 }

@@ -31,7 +31,8 @@ public struct Maintenance: Sendable {
         let deadline = ContinuousClock.now + drainTimeout
         while ContinuousClock.now < deadline {
             let replies = try await withRedisRetry(logger: logger, what: "read \(vm)'s worker") {
-                try await redis.pipeline([["HGET", keys.worker(vm: vm), "state"], ["LLEN", keys.processing(vm: vm)]])
+                // Checked: an error reply read as "no heartbeat" would touch a VM under a running job.
+                try await redis.checkedPipeline([["HGET", keys.worker(vm: vm), "state"], ["LLEN", keys.processing(vm: vm)]])
             }
             let state = replies.first?.string
             let holding = replies.last?.int ?? 0

@@ -287,7 +287,8 @@ public final class Worker: Sendable {
         var hold = control.withLock { $0.state.knownHold(at: now) }
         if hold == nil {
             let replies = try await withRedisRetry(logger: logger, what: "check maintenance and drain") {
-                try await redis.pipeline([["GET", keys.maintenance(vm: settings.vm)], ["EXISTS", keys.drain]])
+                // Checked: an error reply read as "no hold" would take a job on a VM in maintenance.
+                try await redis.checkedPipeline([["GET", keys.maintenance(vm: settings.vm)], ["EXISTS", keys.drain]])
             }
             var maintenance = false
             if let held = replies.first?.string { maintenance = try await isStillHeld(held) }
