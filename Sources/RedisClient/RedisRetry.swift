@@ -58,3 +58,16 @@ public func withRedisRetry<T: Sendable>(
 private func sleep<C: Clock<Duration>>(on clock: C, for delay: Duration) async throws {
     try await clock.sleep(until: clock.now.advanced(by: delay), tolerance: nil)
 }
+
+extension RedisConnection {
+    /// A write a process makes on its way out, removing records of its own that also expire
+    /// by themselves: checked, retried for `within`, then given up with a warning, so a
+    /// process leaving while Redis is away does not wait for it.
+    public func writeOnTheWayOut(_ commands: [[String]], what: String, within: Duration, logger: Logger) async {
+        do {
+            _ = try await withRedisRetry(logger: logger, what: what, giveUpAfter: within) { try await checkedPipeline(commands) }
+        } catch {
+            logger.warning("could not \(what); it expires by itself", metadata: ["error": "\(error)"])
+        }
+    }
+}

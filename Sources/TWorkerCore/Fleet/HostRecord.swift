@@ -80,9 +80,4 @@ public struct HostBeat: Sendable {
     public func beat(_ record: HostRecord, now: Date = Date()) async throws -> String? {
         try await redis.checkedPipeline(Self.commands(record, ttl: ttl, now: now)).last?.string
     }
-
-    /// A master that stops cleanly removes its record at once (it stays listed, `gone`, until pruned).
-    public func remove(host: String) async throws {
-        _ = try await redis.checkedPipeline([["DEL", RedisKeys.hostRecord(host)]])
-    }
 }

@@ -87,13 +87,8 @@ public final class Heartbeat: Sendable {
     /// Stops refreshing and removes the record and registration (checked, retried briefly).
     public func stop() async {
         loop.withLock { $0?.cancel(); $0 = nil }
-        do {
-            _ = try await withRedisRetry(logger: logger, what: "remove the heartbeat", giveUpAfter: Self.removalGrace) {
-                try await redis.checkedPipeline([["DEL", keys.worker(vm: vm)], ["SREM", RedisKeys.workers, keys.workerMember(vm: vm)]])
-            }
-        } catch {
-            logger.warning("heartbeat not removed; it expires by itself", metadata: ["error": "\(error)"])
-        }
+        await redis.writeOnTheWayOut([["DEL", keys.worker(vm: vm)], ["SREM", RedisKeys.workers, keys.workerMember(vm: vm)]],
+                                     what: "remove the heartbeat", within: Self.removalGrace, logger: logger)
     }
 
     private func beat() async {

@@ -201,7 +201,8 @@ public final class Worker: Sendable {
             }
         }
         await heartbeat.update(.stopping)
-        await unregisterFromResque()
+        // A dead entry left anyway is pruned once this worker's heartbeat is gone.
+        await redis.writeOnTheWayOut(resque.unregisterCommands(), what: "leave Resque's worker list", within: Heartbeat.removalGrace, logger: logger)
         await heartbeat.stop()
     }
 
@@ -216,17 +217,6 @@ public final class Worker: Sendable {
         }
     }
 
-    /// Leaves Resque's worker list on the way out: checked and retried briefly; a dead entry
-    /// left anyway is pruned once this worker's heartbeat is gone.
-    private func unregisterFromResque() async {
-        do {
-            _ = try await withRedisRetry(logger: logger, what: "leave Resque's worker list", giveUpAfter: Heartbeat.removalGrace) {
-                try await redis.checkedPipeline(resque.unregisterCommands())
-            }
-        } catch {
-            logger.warning("could not leave Resque's worker list; it is pruned later", metadata: ["error": "\(error)"])
-        }
-    }
 
     private enum LoopStep { case next, stop }
 

@@ -52,12 +52,9 @@ extension Master {
     }
 
     /// A master that stops cleanly shows `gone` at once rather than after its record's TTL.
-    /// On the way out: checked and retried briefly (it expires by itself after 3 intervals).
     func removeHostRecord() async {
-        let (redis, host) = (redis, config.host)
-        _ = try? await withRedisRetry(logger: logger, what: "remove the host record", giveUpAfter: Heartbeat.removalGrace) {
-            try await HostBeat(redis: redis, ttl: 0).remove(host: host)
-        }
+        await redis.writeOnTheWayOut([["DEL", RedisKeys.hostRecord(config.host)]], what: "remove the host record",
+                                     within: Heartbeat.removalGrace, logger: logger)
     }
 
     /// A child is ready once its heartbeat carries its pid; a pause asked for before then is delivered then.
