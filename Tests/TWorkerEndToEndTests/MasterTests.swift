@@ -112,11 +112,8 @@ struct MasterSignalTests {
     /// removal script): it is retried, and done before the master exits.
     @Test func killedWorkersAreForgottenThroughLoadingBeforeTheMasterExits() async throws {
         try await TestHost.with { host in
-            let proxy = try await RedisLoadingProxy(upstreamPort: host.redisServer.port, rules: ["EVAL:if redis.call('HGET', KEYS[1], 'pid')=2"],
-                                                    log: host.directory.path + "/proxy.log")
+            let (proxied, proxy) = try await host.throughLoadingProxy(rules: ["EVAL:if redis.call('HGET', KEYS[1], 'pid')=2"])
             defer { proxy.stop() }
-            var proxied = host
-            proxied.redisSection = "  url: redis://127.0.0.1:\(proxy.port)"
             try proxied.writeMasterConfig(workers: 2)
             try await proxied.withMaster(workers: 2) { master in
                 let children = Array(master.workerPIDs().values)

@@ -56,11 +56,8 @@ struct RecoveryTests {
             let raw = #"{"class":"Build","args":[{"id":"left","config":{"script":"echo ran >> \#(marker)"}}]}"#
             _ = try await host.redis.pipeline([["RPUSH", host.keys.processing(vm: "worker-1"), raw],
                                                ["HSET", host.keys.job("left"), "state", "started", "queue", "builds", "attempts", "1"]])
-            let proxy = try await RedisLoadingProxy(upstreamPort: host.redisServer.port, rules: ["HGET:tworker:job:=3"],
-                                                    log: host.directory.path + "/proxy.log")
+            let (proxied, proxy) = try await host.throughLoadingProxy(rules: ["HGET:tworker:job:=3"])
             defer { proxy.stop() }
-            var proxied = host
-            proxied.redisSection = "  url: redis://127.0.0.1:\(proxy.port)"
             try proxied.writeConfig("")
             let worker = try proxied.spawnWorker(arguments: ["--burst"])
             let status = await worker.waitForExit(timeout: .seconds(30))

@@ -30,11 +30,8 @@ struct ResqueRegistryTests {
     /// answers `LOADING` to those writes for a moment: they are checked and retried.
     @Test func aWorkerLeavesTheWorkerListsThroughLoadingOnItsWayOut() async throws {
         try await TestHost.with { host in
-            let proxy = try await RedisLoadingProxy(upstreamPort: host.redisServer.port, rules: ["SREM:resque:workers=2", "SREM:tworker:workers=2"],
-                                                    log: host.directory.path + "/proxy.log")
+            let (proxied, proxy) = try await host.throughLoadingProxy(rules: ["SREM:resque:workers=2", "SREM:tworker:workers=2"])
             defer { proxy.stop() }
-            var proxied = host
-            proxied.redisSection = "  url: redis://127.0.0.1:\(proxy.port)"
             try proxied.writeConfig("")
             let worker = try proxied.spawnWorker(arguments: ["--burst"])
             #expect(await worker.waitForExit(timeout: .seconds(30)) == 0, "\(worker.output)")

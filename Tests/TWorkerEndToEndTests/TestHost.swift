@@ -127,6 +127,15 @@ struct TestHost: Sendable {
                                  log: directory.path + "/worker-\(vm)-\(UUID().uuidString.prefix(6)).log")
     }
 
+    /// This host as its workers and master see it through a proxy answering `LOADING` to the
+    /// commands `rules` name (see `RedisLoadingProxy`); the caller writes its config and stops the proxy.
+    func throughLoadingProxy(rules: [String]) async throws -> (host: TestHost, proxy: RedisLoadingProxy) {
+        let proxy = try await RedisLoadingProxy(upstreamPort: redisServer.port, rules: rules, log: directory.path + "/proxy.log")
+        var proxied = self
+        proxied.redisSection = "  url: redis://127.0.0.1:\(proxy.port)"
+        return (proxied, proxy)
+    }
+
     /// Runs the `tworker` CLI to completion; returns exit status, stdout and stderr.
     func cli(_ arguments: [String], environment: [String: String] = [:], stdin: String? = nil,
              timeout: Duration = .seconds(60)) async throws -> (status: Int32, out: String, err: String) {
